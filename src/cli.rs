@@ -1,0 +1,348 @@
+//! The command line: `worker`, `migrate`, `simulate`, `submit`, `status`, `demo`.
+//!
+//! Exit codes: 0 success; 1 the request (or demo) ended in failure; 2 bad configuration or
+//! usage; 3 timed out waiting for an outcome; 4 infrastructure unreachable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Settings};
+use crate::contract::{self, OrganizationInput, RequestMessage};
+use crate::simulator::{Faults, RateLimit, Simulator, SimulatorConfig};
+use crate::store::{EventNaming, Store};
+use crate::template::Templates;
+use crate::worker::Worker;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "orgprov",
+    version,
+    about = "Provision organizations in identity providers from NATS JetStream requests"
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Without one, defaults plus ORGPROV_* variables apply.
+    #[arg(long, short, global = true, env = "ORGPROV_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Consume org.provision.requested and provision organizations.
+    Worker {
+        /// Do not apply database migrations at start.
+        #[arg(long)]
+        no_migrate: bool,
+    },
+    /// Apply database migrations (creating the database if needed) and exit.
+    Migrate,
+    /// Serve the providers' APIs locally, with fault injection.
+    Simulate(SimulateArgs),
+    /// Publish one request and wait for its outcome.
+    Submit(SubmitArgs),
+    /// Print a request, its attempts and its events from Postgres.
+    Status { request_id: String },
+    /// Run the whole pipeline on local NATS and Postgres against the built-in simulator.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SimulateArgs {
+    /// Provider to serve (repeatable).
+    #[arg(long = "provider", default_values_t = vec!["auth0".to_string()])]
+    pub providers: Vec<String>,
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "orgprov-sim")]
+    pub client_id: String,
+    /// The client secret the token endpoint accepts.
+    #[arg(long, env = "ORGPROV_SIM_CLIENT_SECRET", default_value = "sim-secret", hide_env_values = true)]
+    pub client_secret: String,
+    #[arg(long, default_value_t = 86_400)]
+    pub token_ttl_secs: u64,
+    /// Probability that a create answers 503 and stores nothing.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Probability that a create stores the organization and answers 504.
+    #[arg(long, default_value_t = 0.0)]
+    pub lost_response_rate: f64,
+    /// Probability that a create answers 503 and the organization appears later.
+    #[arg(long, default_value_t = 0.0)]
+    pub late_commit_rate: f64,
+    #[arg(long, default_value_t = 2_000)]
+    pub late_commit_delay_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    #[arg(long, default_value_t = 0)]
+    pub latency_jitter_ms: u64,
+    /// Tenant rate limit in requests per second (token bucket); off when absent.
+    #[arg(long)]
+    pub rate_limit: Option<f64>,
+    #[arg(long, default_value_t = 10)]
+    pub rate_burst: u32,
+}
+
+impl SimulateArgs {
+    pub fn simulator_config(&self) -> SimulatorConfig {
+        SimulatorConfig {
+            providers: self.providers.clone(),
+            client_id: self.client_id.clone(),
+            client_secret: self.client_secret.clone(),
+            token_ttl: Duration::from_secs(self.token_ttl_secs),
+            faults: Faults {
+                latency_ms: self.latency_ms,
+                latency_jitter_ms: self.latency_jitter_ms,
+                error_rate: self.error_rate,
+                lost_response_rate: self.lost_response_rate,
+                late_commit_rate: self.late_commit_rate,
+                late_commit_delay_ms: self.late_commit_delay_ms,
+                rate_limit: self.rate_limit.map(|per_second| RateLimit { per_second, burst: self.rate_burst }),
+            },
+        }
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SubmitArgs {
+    /// A JSON file holding the whole request (plain or CloudEvents); flags are ignored then.
+    #[arg(long, conflicts_with_all = ["target", "template", "name"])]
+    pub file: Option<PathBuf>,
+    #[arg(long, required_unless_present = "file")]
+    pub target: Option<String>,
+    #[arg(long, required_unless_present = "file")]
+    pub template: Option<String>,
+    /// organization.name
+    #[arg(long, required_unless_present = "file")]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub display_name: Option<String>,
+    /// Defaults to a new random id.
+    #[arg(long)]
+    pub request_id: Option<String>,
+    /// Seconds to wait for the outcome event.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_secs: u64,
+    /// Publish and return without waiting for the outcome.
+    #[arg(long)]
+    pub no_wait: bool,
+}
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let _telemetry = crate::telemetry::init();
+    let settings = match Settings::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(s) => s,
+        Err(e) => return config_failure(e),
+    };
+    let result = match cli.command {
+        Command::Worker { no_migrate } => worker(settings, no_migrate).await,
+        Command::Migrate => migrate(&settings).await,
+        Command::Simulate(args) => simulate(args).await,
+        Command::Submit(args) => submit(&settings, args).await,
+        Command::Status { request_id } => status(&settings, &request_id).await,
+        Command::Demo(args) => crate::demo::run(settings, args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(4)
+        }
+    }
+}
+
+fn config_failure(e: ConfigError) -> ExitCode {
+    eprintln!("configuration error: {e}");
+    ExitCode::from(2)
+}
+
+async fn worker(mut settings: Settings, no_migrate: bool) -> anyhow::Result<ExitCode> {
+    if no_migrate {
+        settings.postgres.migrate = false;
+    }
+    let targets = match settings.resolve_targets(&|v| std::env::var(v).ok()) {
+        Ok(t) => t,
+        Err(e) => return Ok(config_failure(e)),
+    };
+    let templates = match Templates::load_dir(&settings.templates_dir) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("configuration error: templates_dir: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if settings.postgres.migrate {
+        crate::store::ensure_database(&settings.postgres.url).await?;
+    }
+    let handle = Worker::connect(settings.clone(), targets, templates).await?.spawn();
+    let shutdown = handle.shutdown_token();
+    tokio::spawn(signals(shutdown));
+    handle.wait().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit now.
+async fn signals(shutdown: CancellationToken) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) else { return };
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        seen += 1;
+        if seen == 1 {
+            tracing::info!("shutdown requested: finishing in-flight work");
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
+    crate::store::ensure_database(&settings.postgres.url).await?;
+    let store = Store::connect(&settings.postgres.url, 2, naming(settings)).await?;
+    store.migrate().await?;
+    println!("migrations applied to {}", redact_url(&settings.postgres.url));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let sim = Simulator::start(args.listen, args.simulator_config()).await?;
+    for p in &args.providers {
+        println!("{p}: {}", sim.base_url(p));
+    }
+    println!("admin: http://{}/_sim/ (organizations, requests, faults, script)", sim.addr());
+    let _ = tokio::signal::ctrl_c().await;
+    sim.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn naming(settings: &Settings) -> EventNaming {
+    EventNaming { source: settings.worker.event_source.clone(), subject_prefix: settings.nats.subject_prefix.clone() }
+}
+
+/// Hides the password of a connection URL.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn submit(settings: &Settings, args: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let payload = match &args.file {
+        Some(path) => std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+        None => serde_json::to_vec(&RequestMessage {
+            request_id: args.request_id.clone().unwrap_or_else(|| format!("cli-{}", uuid::Uuid::now_v7().simple())),
+            target: args.target.clone().unwrap_or_default(),
+            template: args.template.clone().unwrap_or_default(),
+            organization: OrganizationInput {
+                name: args.name.clone().unwrap_or_default(),
+                display_name: args.display_name.clone(),
+                ..Default::default()
+            },
+            admin: None,
+            source: Some("orgprov-cli".into()),
+            occurred_at: Some(now_rfc3339()),
+        })?,
+    };
+    let request_id = match contract::decode(&payload) {
+        Ok(r) => r.request_id.to_string(),
+        Err(contract::Rejection::Invalid { request_id, reason, .. }) => {
+            eprintln!("warning: the worker will reject this request: {reason}");
+            request_id.to_string()
+        }
+        Err(contract::Rejection::Unreadable { reason, .. }) => {
+            eprintln!("error: {reason}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let client = crate::bus::connect(&settings.nats.url).await?;
+    let js = crate::bus::context(client.clone());
+    let n = &settings.nats;
+    // Subscribe before publishing so the outcome cannot slip past.
+    let mut outcomes = futures::stream::select(
+        client.subscribe(n.event_subject(contract::PROVISIONED_TYPE)).await?,
+        client.subscribe(n.event_subject(contract::FAILED_TYPE)).await?,
+    );
+    let ack = crate::bus::publish_request(&js, &n.requests_subject(), payload, Some(&request_id)).await?;
+    eprintln!(
+        "published {request_id} to {} (stream sequence {}{})",
+        n.requests_subject(),
+        ack.sequence,
+        if ack.duplicate { ", duplicate" } else { "" }
+    );
+    if args.no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if ack.duplicate {
+        // The server dropped the copy, so no new outcome is coming: read the recorded one.
+        let store = Store::connect(&settings.postgres.url, 2, naming(settings)).await?;
+        if let Some(report) = store.report(&request_id).await? {
+            if let Some(event) = report.events.last() {
+                println!("{}", serde_json::to_string_pretty(&event["body"])?);
+                return Ok(exit_for(event["body"]["type"].as_str()));
+            }
+        }
+    }
+    let wait = async {
+        while let Some(msg) = outcomes.next().await {
+            let Ok(event) = serde_json::from_slice::<Value>(&msg.payload) else { continue };
+            if event["subject"] == json!(request_id) {
+                return Some(event);
+            }
+        }
+        None
+    };
+    match tokio::time::timeout(Duration::from_secs(args.timeout_secs), wait).await {
+        Ok(Some(event)) => {
+            println!("{}", serde_json::to_string_pretty(&event)?);
+            Ok(exit_for(event["type"].as_str()))
+        }
+        _ => {
+            eprintln!(
+                "no outcome for {request_id} within {} s; check `orgprov status {request_id}`",
+                args.timeout_secs
+            );
+            Ok(ExitCode::from(3))
+        }
+    }
+}
+
+fn exit_for(event_type: Option<&str>) -> ExitCode {
+    if event_type == Some(contract::PROVISIONED_TYPE) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+}
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+async fn status(settings: &Settings, request_id: &str) -> anyhow::Result<ExitCode> {
+    let store = Store::connect(&settings.postgres.url, 2, naming(settings)).await?;
+    match store.report(request_id).await? {
+        Some(report) => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("no request {request_id:?} in {}", redact_url(&settings.postgres.url));
+            Ok(ExitCode::from(1))
+        }
+    }
+}

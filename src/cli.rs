@@ -294,11 +294,11 @@ async fn submit(settings: &Settings, args: SubmitArgs) -> anyhow::Result<ExitCod
     if ack.duplicate {
         // The server dropped the copy, so no new outcome is coming: read the recorded one.
         let store = Store::connect(&settings.postgres.url, 2, naming(settings)).await?;
-        if let Some(report) = store.report(&request_id).await? {
-            if let Some(event) = report.events.last() {
-                println!("{}", serde_json::to_string_pretty(&event["body"])?);
-                return Ok(exit_for(event["body"]["type"].as_str()));
-            }
+        if let Some(report) = store.report(&request_id).await?
+            && let Some(event) = report.events.last()
+        {
+            println!("{}", serde_json::to_string_pretty(&event["body"])?);
+            return Ok(exit_for(event["body"]["type"].as_str()));
         }
     }
     let wait = async {

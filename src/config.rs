@@ -236,10 +236,12 @@ impl Settings {
         };
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("ORGPROV_") else { continue };
-            if rest == "CONFIG" || rest == "LOG" || rest == "LOG_FORMAT" || rest.starts_with("FAULT_") {
+            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+            // Only variables naming a configuration section are overrides; others, such as
+            // ORGPROV_LOG or a secret named ORGPROV_ACME_SECRET, are left alone.
+            if !TOP_LEVEL_KEYS.contains(&path[0].as_str()) || (path.len() == 1 && path[0] != "templates_dir") {
                 continue;
             }
-            let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
             set_path(&mut doc, &path, parse_env_value(&value)).map_err(|m| key_error(path.join("."), m))?;
         }
         let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
@@ -381,16 +383,18 @@ impl Settings {
     }
 }
 
+const TOP_LEVEL_KEYS: &[&str] = &["nats", "postgres", "worker", "templates_dir", "targets"];
+
 /// Environment values are typed like TOML scalars when they parse as one (`30`, `true`,
 /// `2.5`), and are strings otherwise.
 fn parse_env_value(raw: &str) -> toml::Value {
     if let Ok(i) = raw.parse::<i64>() {
         return toml::Value::Integer(i);
     }
-    if let Ok(f) = raw.parse::<f64>() {
-        if raw.contains('.') {
-            return toml::Value::Float(f);
-        }
+    if let Ok(f) = raw.parse::<f64>()
+        && raw.contains('.')
+    {
+        return toml::Value::Float(f);
     }
     match raw {
         "true" => toml::Value::Boolean(true),
@@ -457,6 +461,8 @@ mod tests {
         assert_eq!(s.nats.url, "nats://10.0.0.1:4222");
         assert_eq!(s.targets["acme"].rate_limit.per_second, 2.5);
         assert_eq!(s.worker.max_in_flight, 9);
+        // Variables that name no section are not configuration (secrets, log settings).
+        assert!(load("", &[("ORGPROV_ACME_SECRET", "x"), ("ORGPROV_LOG", "debug")]).is_ok());
     }
 
     #[test]
@@ -472,6 +478,7 @@ mod tests {
                 .contains("`targets.acme.rate_limit.burst`")
         );
         assert!(err("", &[("ORGPROV_POSTGRES__URL", "mysql://x")]).contains("`postgres.url`"));
+        assert!(err("", &[("ORGPROV_WORKER__NOPE", "1")]).contains("nope"));
         assert!(err("[worker\n", &[]).contains("not valid TOML"));
     }
 

@@ -218,11 +218,10 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<ExitC
                 let key = event["data"]["request_id"].as_str().map(str::to_owned)
                     .or_else(|| event["data"]["source_message"]["msg_id"].as_str().map(str::to_owned));
                 let Some(key) = key else { continue };
-                if let Some(t) = published_at.get(&key) {
-                    if !outcomes.contains_key(&key) {
+                if let Some(t) = published_at.get(&key)
+                    && !outcomes.contains_key(&key) {
                         latencies.push(t.elapsed());
                     }
-                }
                 outcomes.entry(key).or_insert(event);
             }
             _ = tick.tick() => {

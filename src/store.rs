@@ -39,7 +39,7 @@ pub struct Store {
 #[derive(Debug)]
 pub enum ClaimResult {
     /// This worker holds the lease: go ahead.
-    Claimed(Claim),
+    Claimed(Box<Claim>),
     /// The request already ended (now or earlier); its outcome event was queued again.
     Finished,
     /// Another holder's lease is live: hand the message back for this long.
@@ -125,10 +125,10 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
         // Two processes racing to create it is fine: the loser sees "already exists".
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
-            if !e.to_string().contains("already exists") {
-                return Err(e.into());
-            }
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await
+            && !e.to_string().contains("already exists")
+        {
+            return Err(e.into());
         }
     }
     admin.close().await?;
@@ -270,14 +270,14 @@ impl Store {
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(ClaimResult::Claimed(Claim {
+        Ok(ClaimResult::Claimed(Box::new(Claim {
             request_id: request_id.to_owned(),
             generation,
             token,
             prepared,
             attempts: row.get("attempts"),
             needs_reconcile: row.get("needs_reconcile"),
-        }))
+        })))
     }
 
     /// Records that an upstream call is starting, under a live lease with our token. `false`

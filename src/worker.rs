@@ -187,10 +187,10 @@ impl Worker {
                 _ = shutdown.cancelled() => return,
             };
             let extra = permits.available_permits().min(255);
-            if extra > 0 {
-                if let Ok(p) = permits.clone().try_acquire_many_owned(extra as u32) {
-                    held.merge(p);
-                }
+            if extra > 0
+                && let Ok(p) = permits.clone().try_acquire_many_owned(extra as u32)
+            {
+                held.merge(p);
             }
             let wanted = held.num_permits();
             let batch = self.consumer.batch().max_messages(wanted).expires(expires).messages().await;
@@ -369,7 +369,7 @@ impl Worker {
                     };
                     return self.settle(&claim, None, Outcome::Failed { error }, None, claim.attempts).await;
                 };
-                self.drive(claim, &runtime, message, abandon).await
+                self.drive(*claim, &runtime, message, abandon).await
             }
             Err(e) => store_trouble(e),
         }

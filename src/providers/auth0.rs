@@ -202,8 +202,8 @@ impl Provider for Auth0 {
             }
             let mut branding = Map::new();
             if let Some(url) = &b.logo_url {
-                if !url.starts_with("https://") && !url.starts_with("http://") {
-                    return Err(format!("organization.branding.logo_url {url:?} must be an http(s) URL"));
+                if !url.starts_with("https://") {
+                    return Err(format!("organization.branding.logo_url {url:?} must be an https:// URL for Auth0"));
                 }
                 branding.insert("logo_url".into(), json!(url));
             }

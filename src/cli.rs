@@ -136,7 +136,14 @@ pub struct SubmitArgs {
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
-    let _telemetry = crate::telemetry::init();
+    // The worker logs its work; the interactive commands only their problems.
+    let level = match cli.command {
+        Command::Worker { .. } | Command::Simulate(_) => "info",
+        // The demo prints its own progress and summary.
+        Command::Demo(_) => "error",
+        _ => "warn",
+    };
+    let _telemetry = crate::telemetry::init(level);
     let settings = match Settings::load(cli.config.as_deref(), std::env::vars()) {
         Ok(s) => s,
         Err(e) => return config_failure(e),

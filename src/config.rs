@@ -441,6 +441,15 @@ mod tests {
     const TARGET: &str = "[targets.acme]\nprovider = \"auth0\"\nbase_url = \"https://acme.auth0.com\"\nclient_id = \"id\"\nclient_secret_env = \"ACME_SECRET\"\n";
 
     #[test]
+    fn the_shipped_example_configs_load() {
+        for file in ["deploy/orgprov.example.toml", "deploy/orgprov.compose.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+            let s = Settings::load(Some(&path), Vec::new()).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(!s.targets.is_empty(), "{file}");
+        }
+    }
+
+    #[test]
     fn defaults_load_without_a_file() {
         let s = Settings::load(None, Vec::new()).unwrap();
         assert_eq!(s.nats.requests_subject(), "org.provision.requested");

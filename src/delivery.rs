@@ -154,9 +154,21 @@ impl From<RetrySettings> for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The capped exponential schedule comes from backon (maintained; the successor the
+    /// RustSec advisory against `backoff` points to). Its own jitter is additive (up to 2x),
+    /// so full jitter is applied on top in [`RetryPolicy::delay`]. The step is indexed by the
+    /// attempt number because attempts outlive a process: they are counted in Postgres.
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.min(30));
-        self.base.saturating_mul(factor).min(self.cap)
+        use backon::BackoffBuilder;
+        let mut schedule = backon::ExponentialBuilder::default()
+            .with_min_delay(self.base)
+            .with_max_delay(self.cap)
+            .with_factor(2.0)
+            .without_max_times()
+            .build();
+        let step = schedule.nth(attempt.min(64) as usize).unwrap_or(self.cap).min(self.cap);
+        // backon multiplies in f32; whole milliseconds keep the schedule exact.
+        Duration::from_millis(step.as_millis() as u64)
     }
 
     pub fn delay(&self, attempt: u32) -> Duration {

@@ -279,9 +279,9 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<ExitC
     println!("summary (run {run})");
     println!("  provisioned          {provisioned} ({adopted} adopted after a lost response)");
     for (code, count) in &by_code {
-        println!("  failed: {code:<14}{count}");
+        println!("  failed {:<14}{count}", format!("{code}:"));
     }
-    println!("  outcome events seen  {events_seen} (duplicates re-emit the same event id)");
+    println!("  outcome events seen  {events_seen} (re-emissions for duplicates reuse the event id)");
     println!(
         "  organizations        {ours} in the simulator for {} valid requests; {creates} create calls",
         args.count

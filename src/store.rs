@@ -40,8 +40,9 @@ pub struct Store {
 pub enum ClaimResult {
     /// This worker holds the lease: go ahead.
     Claimed(Box<Claim>),
-    /// The request already ended (now or earlier); its outcome event was queued again.
-    Finished,
+    /// The request ended: earlier (`reemitted`: its stored outcome event was queued again),
+    /// or now, because it failed before any upstream call.
+    Finished { reemitted: bool },
     /// Another holder's lease is live: hand the message back for this long.
     Busy { retry_in: Duration },
 }
@@ -202,12 +203,13 @@ impl Store {
         if state != "active" {
             requeue_outcome(&mut tx, request_id, generation).await?;
             tx.commit().await?;
-            return Ok(ClaimResult::Finished);
+            return Ok(ClaimResult::Finished { reemitted: true });
         }
         if row.get::<bool, _>("live") {
             let remaining: f64 = row.get("remaining");
             tx.commit().await?;
-            return Ok(ClaimResult::Busy { retry_in: Duration::from_secs_f64(remaining.max(0.5)) });
+            // Come back when the lease ends, or sooner to pick up the holder's outcome.
+            return Ok(ClaimResult::Busy { retry_in: Duration::from_secs_f64(remaining.clamp(0.5, 2.0)) });
         }
         let spec: Option<Value> = row.get("spec");
         let prepared = match spec {
@@ -246,7 +248,7 @@ impl Store {
                     .await?;
                     self.insert_event(&mut tx, Some(request_id), generation, &event).await?;
                     tx.commit().await?;
-                    return Ok(ClaimResult::Finished);
+                    return Ok(ClaimResult::Finished { reemitted: false });
                 }
             },
         };

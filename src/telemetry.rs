@@ -71,8 +71,9 @@ impl Drop for TelemetryGuard {
     }
 }
 
-pub fn init() -> TelemetryGuard {
-    let filter = EnvFilter::try_from_env("ORGPROV_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// `default_level` applies when `ORGPROV_LOG` is not set.
+pub fn init(default_level: &str) -> TelemetryGuard {
+    let filter = EnvFilter::try_from_env("ORGPROV_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let json = std::env::var("ORGPROV_LOG_FORMAT").is_ok_and(|v| v == "json");
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = if json { fmt.json().boxed() } else { fmt.boxed() };

@@ -349,8 +349,12 @@ impl Worker {
         let lease = Duration::from_secs(self.settings.worker.lease_secs);
         let claim = self.store.claim(request_id.as_str(), content_hash, &self.owner, lease, || prepare(runtime)).await;
         match claim {
-            Ok(ClaimResult::Finished) => {
-                METRICS.reemitted.inc();
+            Ok(ClaimResult::Finished { reemitted }) => {
+                if reemitted {
+                    METRICS.reemitted.inc();
+                } else {
+                    METRICS.failed.inc();
+                }
                 self.relay_wake.notify_one();
                 Disposition::Ack
             }

@@ -277,22 +277,22 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<ExitC
 
     println!();
     println!("summary (run {run})");
-    println!("  provisioned          {provisioned} ({adopted} adopted after a lost response)");
+    println!("  provisioned             {provisioned} ({adopted} adopted after a lost response)");
     for (code, count) in &by_code {
-        println!("  failed {:<14}{count}", format!("{code}:"));
+        println!("  failed {:<17}{count}", format!("{code}:"));
     }
-    println!("  outcome events seen  {events_seen} (re-emissions for duplicates reuse the event id)");
+    println!("  outcome events seen     {events_seen} (re-emissions for duplicates reuse the event id)");
     println!(
-        "  organizations        {ours} in the simulator for {} valid requests; {creates} create calls",
+        "  organizations           {ours} in the simulator for {} valid requests; {creates} create calls",
         args.count
     );
     println!(
-        "  throughput           {:.1} requests/s over {:.2?}",
+        "  throughput              {:.1} requests/s over {:.2?}",
         expected.len() as f64 / elapsed.as_secs_f64(),
         elapsed
     );
     println!(
-        "  latency              p50 {:.0?}  p99 {:.0?}  max {:.0?}",
+        "  latency                 p50 {:.0?}  p99 {:.0?}  max {:.0?}",
         pct(0.50),
         pct(0.99),
         latencies.last().copied().unwrap_or_default()

@@ -157,6 +157,18 @@ pub struct TargetSettings {
     pub audience: Option<String>,
     #[serde(default)]
     pub client_id: Option<String>,
+    /// Provider-specific: SecureAuth tenant id (path `/api/system/{tenant}/...`).
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// Provider-specific: OAuth scope (SecureAuth: `manage_organizations`; Logto: `all`).
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Provider-specific: Logto resource indicator (default `{base_url}/api`).
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// Provider-specific: BioT custom attribute holding our ownership tag.
+    #[serde(default)]
+    pub ownership_attribute: Option<String>,
     /// Name of the environment variable holding the client secret.
     #[serde(default)]
     pub client_secret_env: Option<String>,
@@ -171,6 +183,29 @@ pub struct TargetSettings {
     pub rate_limit: RateLimitSettings,
     #[serde(default)]
     pub retry: RetrySettings,
+}
+
+impl TargetSettings {
+    /// A target with every optional key at its default.
+    pub fn new(provider: &str, base_url: &str, client_id: &str, client_secret_env: &str) -> TargetSettings {
+        TargetSettings {
+            provider: provider.to_owned(),
+            base_url: base_url.to_owned(),
+            token_url: None,
+            audience: None,
+            tenant: None,
+            scope: None,
+            resource: None,
+            ownership_attribute: None,
+            client_id: Some(client_id.to_owned()),
+            client_secret_env: Some(client_secret_env.to_owned()),
+            client_secret_file: None,
+            timeout_ms: default_timeout_ms(),
+            max_in_flight: default_target_in_flight(),
+            rate_limit: RateLimitSettings::default(),
+            retry: RetrySettings::default(),
+        }
+    }
 }
 
 fn default_timeout_ms() -> u64 {
@@ -212,8 +247,13 @@ pub struct Target {
     pub name: String,
     pub kind: ProviderKind,
     pub base_url: String,
-    pub token_url: String,
-    pub audience: String,
+    /// Explicit token URL; each provider has its own default.
+    pub token_url: Option<String>,
+    pub audience: Option<String>,
+    pub tenant: Option<String>,
+    pub scope: Option<String>,
+    pub resource: Option<String>,
+    pub ownership_attribute: Option<String>,
     pub client_id: String,
     pub client_secret: SecretString,
     pub timeout: Duration,
@@ -302,12 +342,13 @@ impl Settings {
         }
         for (name, t) in &self.targets {
             let key = |k: &str| format!("targets.{name}.{k}");
-            if ProviderKind::parse(&t.provider).is_none() {
+            let Some(kind) = ProviderKind::parse(&t.provider) else {
                 return Err(key_error(
                     key("provider"),
                     format!("unknown provider {:?}; known: {}", t.provider, ProviderKind::NAMES.join(", ")),
                 ));
-            }
+            };
+            crate::providers::check(kind, t).map_err(|(k, m)| key_error(key(k), m))?;
             if !(t.base_url.starts_with("http://") || t.base_url.starts_with("https://")) {
                 return Err(key_error(key("base_url"), format!("{:?} is not an http(s) URL", t.base_url)));
             }
@@ -368,8 +409,12 @@ impl Settings {
                 Ok(Target {
                     name: name.clone(),
                     kind,
-                    token_url: t.token_url.clone().unwrap_or_else(|| format!("{base}/oauth/token")),
-                    audience: t.audience.clone().unwrap_or_else(|| format!("{base}/api/v2/")),
+                    token_url: t.token_url.clone(),
+                    audience: t.audience.clone(),
+                    tenant: t.tenant.clone(),
+                    scope: t.scope.clone(),
+                    resource: t.resource.clone(),
+                    ownership_attribute: t.ownership_attribute.clone(),
                     base_url: base,
                     client_id,
                     client_secret: SecretString::from(secret),
@@ -497,7 +542,7 @@ mod tests {
         let e = s.resolve_targets(&|_| None).unwrap_err().to_string();
         assert!(e.contains("`targets.acme.client_secret_env`") && e.contains("ACME_SECRET"), "{e}");
         let targets = s.resolve_targets(&|v| (v == "ACME_SECRET").then(|| "s3cret".to_string())).unwrap();
-        assert_eq!(targets[0].token_url, "https://acme.auth0.com/oauth/token");
+        assert_eq!(targets[0].base_url, "https://acme.auth0.com");
         assert!(!format!("{:?}", targets[0]).contains("s3cret"), "secrets must not appear in Debug output");
     }
 }

@@ -80,17 +80,11 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<ExitC
     settings.targets.insert(
         "demo-auth0".into(),
         TargetSettings {
-            provider: "auth0".into(),
-            base_url: sim.base_url("auth0"),
-            token_url: None,
-            audience: None,
-            client_id: Some("orgprov-sim".into()),
-            client_secret_env: Some(SECRET_VAR.into()),
-            client_secret_file: None,
             timeout_ms: 5_000,
             max_in_flight: 128,
             rate_limit: RateLimitSettings { per_second: 300.0, burst: 100 },
             retry: RetrySettings { base_delay_ms: 50, max_delay_ms: 2_000 },
+            ..TargetSettings::new("auth0", &sim.base_url("auth0"), "orgprov-sim", SECRET_VAR)
         },
     );
     let targets = settings.resolve_targets(&|v| (v == SECRET_VAR).then(|| secret.clone()))?;

@@ -416,12 +416,27 @@ impl Worker {
         let mut attempts = claim.attempts;
         let mut needs_reconcile = claim.needs_reconcile;
         let mut failures = 0u32;
+        // When the last ambiguous create ended (this process only; a redelivery after a
+        // crash comes after the lease and ack wait, which exceed any reconcile delay).
+        let mut ambiguous_at: Option<std::time::Instant> = None;
         loop {
             if lost.is_cancelled() {
                 METRICS.lease_lost.inc();
                 return Disposition::Nak(Duration::from_secs(1));
             }
             let create = !needs_reconcile && attempts < max_attempts;
+            if !create {
+                // A provider that cannot refuse duplicates lets a late create land first.
+                let wait =
+                    ambiguous_at.map(|t| rt.provider.reconcile_delay().saturating_sub(t.elapsed())).unwrap_or_default();
+                if wait > max_inline {
+                    let _ = self.store.release(claim).await;
+                    return Disposition::Nak(wait);
+                }
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+            }
             match self.store.begin_call(claim, create, lease).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -462,6 +477,7 @@ impl Worker {
                     Err(e) => {
                         if e.class == ErrorClass::Ambiguous {
                             needs_reconcile = true;
+                            ambiguous_at = Some(std::time::Instant::now());
                         }
                         if let ErrorClass::Permanent(code) = e.class {
                             return self

@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 
 use super::token::{TokenCache, bearer, expires_in};
 use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
-use crate::config::Target;
+use crate::config::{Target, TargetSettings};
 use crate::contract::{ErrorCode, RequestId};
 use crate::delivery::{Delivery, Response};
 use crate::template::OrgSpec;
@@ -31,6 +31,14 @@ use crate::template::OrgSpec;
 pub const TAG: &str = "orgprov_request_id";
 const MAX_METADATA_KEYS: usize = 10;
 const SETTINGS: &[&str] = &["enabled_connections"];
+
+/// Auth0 needs a client id; the token URL and audience default from the base URL.
+pub fn check(target: &TargetSettings) -> Result<(), (&'static str, String)> {
+    if target.client_id.as_deref().is_none_or(str::is_empty) {
+        return Err(("client_id", "Auth0 needs the machine-to-machine application's client id".into()));
+    }
+    Ok(())
+}
 
 pub struct Auth0 {
     base_url: String,
@@ -46,8 +54,8 @@ impl Auth0 {
     pub fn new(target: &Target, delivery: Arc<Delivery>) -> Auth0 {
         Auth0 {
             base_url: target.base_url.clone(),
-            token_url: target.token_url.clone(),
-            audience: target.audience.clone(),
+            token_url: target.token_url.clone().unwrap_or_else(|| format!("{}/oauth/token", target.base_url)),
+            audience: target.audience.clone().unwrap_or_else(|| format!("{}/api/v2/", target.base_url)),
             client_id: target.client_id.clone(),
             client_secret: target.client_secret.clone(),
             delivery,
@@ -312,8 +320,12 @@ mod tests {
             name: "t".into(),
             kind: ProviderKind::Auth0,
             base_url: "http://127.0.0.1:9".into(),
-            token_url: "http://127.0.0.1:9/oauth/token".into(),
-            audience: "a".into(),
+            token_url: None,
+            audience: None,
+            tenant: None,
+            scope: None,
+            resource: None,
+            ownership_attribute: None,
             client_id: "c".into(),
             client_secret: SecretString::from("s"),
             timeout: Duration::from_secs(1),

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::config::Target;
+use crate::config::{Target, TargetSettings};
 use crate::contract::{ErrorCode, RequestId};
 use crate::delivery::{Delivery, Response, SendError};
 use crate::template::OrgSpec;
@@ -39,6 +39,14 @@ impl ProviderKind {
         match self {
             ProviderKind::Auth0 => "auth0",
         }
+    }
+}
+
+/// Checks a target's provider-specific keys; `Err((key, message))` names the key under
+/// `targets.<name>.`.
+pub fn check(kind: ProviderKind, target: &TargetSettings) -> Result<(), (&'static str, String)> {
+    match kind {
+        ProviderKind::Auth0 => auth0::check(target),
     }
 }
 
@@ -165,4 +173,11 @@ pub trait Provider: Send + Sync {
     fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>>;
 
     fn find<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Lookup, CallError>>;
+
+    /// How long to wait after an ambiguous create before the reconciling lookup may trust a
+    /// "not found". Zero for providers with a unique key (a late duplicate create is refused
+    /// there); a provider that cannot refuse duplicates waits out the upstream timeout.
+    fn reconcile_delay(&self) -> Duration {
+        Duration::ZERO
+    }
 }

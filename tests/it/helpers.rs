@@ -33,6 +33,17 @@ pub struct Received {
     pub json: Value,
 }
 
+/// A target for `provider` at `base_url` with test-friendly timeouts, limits and retries.
+pub fn target_settings(provider: &str, base_url: &str) -> TargetSettings {
+    TargetSettings {
+        timeout_ms: 2_000,
+        max_in_flight: 32,
+        rate_limit: RateLimitSettings { per_second: 500.0, burst: 100 },
+        retry: RetrySettings { base_delay_ms: 20, max_delay_ms: 500 },
+        ..TargetSettings::new(provider, base_url, "orgprov-sim", SECRET_VAR)
+    }
+}
+
 pub struct TestEnv {
     pub run: String,
     pub sim: Simulator,
@@ -66,22 +77,7 @@ impl TestEnv {
         settings.worker.lease_secs = 10;
         settings.worker.shutdown_grace_secs = 5;
         settings.templates_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/templates").into();
-        settings.targets.insert(
-            TARGET.into(),
-            TargetSettings {
-                provider: "auth0".into(),
-                base_url: sim.base_url("auth0"),
-                token_url: None,
-                audience: None,
-                client_id: Some("orgprov-sim".into()),
-                client_secret_env: Some(SECRET_VAR.into()),
-                client_secret_file: None,
-                timeout_ms: 2_000,
-                max_in_flight: 32,
-                rate_limit: RateLimitSettings { per_second: 500.0, burst: 100 },
-                retry: RetrySettings { base_delay_ms: 20, max_delay_ms: 500 },
-            },
-        );
+        settings.targets.insert(TARGET.into(), target_settings("auth0", &sim.base_url("auth0")));
         let templates = Templates::load_dir(&settings.templates_dir).unwrap();
         orgprov::store::ensure_database(&settings.postgres.url).await.expect("test database");
         let db = PgPool::connect(&settings.postgres.url).await.unwrap();

@@ -233,11 +233,15 @@ impl Default for RateLimitSettings {
 pub struct RetrySettings {
     pub base_delay_ms: u64,
     pub max_delay_ms: u64,
+    /// Upstream calls per request for this target; `worker.max_attempts` when absent.
+    pub max_attempts: Option<u32>,
+    /// Overall time a request (one generation) may spend retrying before it is `exhausted`.
+    pub deadline_secs: u64,
 }
 
 impl Default for RetrySettings {
     fn default() -> Self {
-        RetrySettings { base_delay_ms: 200, max_delay_ms: 30_000 }
+        RetrySettings { base_delay_ms: 200, max_delay_ms: 30_000, max_attempts: None, deadline_secs: 3600 }
     }
 }
 
@@ -369,6 +373,12 @@ impl Settings {
             }
             if t.max_in_flight == 0 {
                 return Err(key_error(key("max_in_flight"), "must be at least 1"));
+            }
+            if t.retry.max_attempts == Some(0) {
+                return Err(key_error(key("retry.max_attempts"), "must be at least 1"));
+            }
+            if t.retry.deadline_secs == 0 {
+                return Err(key_error(key("retry.deadline_secs"), "must be positive"));
             }
             if t.retry.base_delay_ms == 0 || t.retry.max_delay_ms < t.retry.base_delay_ms {
                 return Err(key_error(key("retry.max_delay_ms"), "needs 0 < base_delay_ms <= max_delay_ms"));

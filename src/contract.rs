@@ -144,7 +144,7 @@ pub enum Rejection {
     /// No usable `request_id`: the message is recorded by its stream sequence.
     Unreadable { reason: String, details: Value },
     /// The `request_id` is usable but the rest breaks the schema.
-    Invalid { request_id: RequestId, content_hash: String, reason: String, details: Value },
+    Invalid { request_id: RequestId, content_hash: String, document: Value, reason: String, details: Value },
 }
 
 /// Decodes a message payload: size limit, JSON, optional CloudEvents envelope, request_id,
@@ -191,6 +191,7 @@ pub fn decode(payload: &[u8]) -> Result<ProvisionRequest, Rejection> {
         return Err(Rejection::Invalid {
             request_id,
             content_hash,
+            document,
             reason: format!("request breaks the org.provision.requested v1 schema: {}", problems.join("; ")),
             details: serde_json::json!({ "schema_errors": problems }),
         });
@@ -198,6 +199,7 @@ pub fn decode(payload: &[u8]) -> Result<ProvisionRequest, Rejection> {
     let message: RequestMessage = serde_json::from_value(document.clone()).map_err(|e| Rejection::Invalid {
         request_id: request_id.clone(),
         content_hash: content_hash.clone(),
+        document: document.clone(),
         reason: format!("request does not match the v1 contract: {e}"),
         details: Value::Null,
     })?;

@@ -1,19 +1,21 @@
-//! Getting HTTP calls to an upstream politely: the per-target rate limiter, pauses named by the
-//! upstream (`Retry-After`, `x-ratelimit-reset`), the retry delay policy, and the one place
-//! where a transport failure is classified as "never sent" or "maybe sent".
+//! Getting HTTP calls to an upstream politely: admission through the per-target rate limit
+//! and pause (shared by every replica through Postgres, see [`PgAdmission`]), pauses named by
+//! the upstream (`Retry-After`, `x-ratelimit-reset`), the retry delay policy, and the one
+//! place where a transport failure is classified as "never sent" or "maybe sent".
 //!
 //! Server times (`Retry-After` dates, `x-ratelimit-reset` epochs) are turned into delays with
 //! the response's own `Date` header and rounded up, so a skewed local clock cannot make us
 //! call early.
 
-use std::num::NonZeroU32;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 
-use crate::config::{RateLimitSettings, RetrySettings, Target};
+use crate::config::{RetrySettings, Target};
+use crate::store::Store;
 
 /// A response read whole (bodies of these APIs are small).
 #[derive(Debug)]
@@ -42,18 +44,78 @@ pub enum SendError {
     /// The request may have reached the upstream (timeout, reset after sending).
     #[error("no response: {0}")]
     MaybeSent(String),
+    /// The target's rate limit or pause holds calls for longer than a worker waits in place;
+    /// nothing was sent.
+    #[error("target is throttled for {0:?}")]
+    Throttled(Duration),
 }
 
-/// HTTP client for one target: rate limit, pause and timeouts live here.
+/// Decides when a call to a target may go out.
+pub trait Admission: Send + Sync {
+    /// `Ok(None)`: go now (a slot was taken). `Ok(Some(wait))`: try again after `wait`.
+    fn acquire(&self) -> BoxFuture<'_, Result<Option<Duration>, String>>;
+    /// The upstream asked every call of this target to wait `wait`.
+    fn pause(&self, wait: Duration) -> BoxFuture<'_, ()>;
+    /// How long the target is paused for (zero when it is not).
+    fn paused_for(&self) -> BoxFuture<'_, Duration>;
+}
+
+/// Admission shared by all replicas: a GCRA bucket and the pause, both rows in Postgres.
+pub struct PgAdmission {
+    pub store: Store,
+    pub target: String,
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+impl Admission for PgAdmission {
+    fn acquire(&self) -> BoxFuture<'_, Result<Option<Duration>, String>> {
+        async move {
+            self.store.acquire_slot(&self.target, self.per_second, self.burst).await.map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn pause(&self, wait: Duration) -> BoxFuture<'_, ()> {
+        async move {
+            if let Err(e) = self.store.pause_target(&self.target, wait).await {
+                tracing::warn!(target_name = %self.target, error = %e, "could not record the upstream's pause");
+            }
+        }
+        .boxed()
+    }
+
+    fn paused_for(&self) -> BoxFuture<'_, Duration> {
+        async move { self.store.pause_remaining(&self.target).await.unwrap_or_default() }.boxed()
+    }
+}
+
+/// No limit at all (unit tests of provider code that never reaches the network).
+pub struct Unlimited;
+
+impl Admission for Unlimited {
+    fn acquire(&self) -> BoxFuture<'_, Result<Option<Duration>, String>> {
+        async { Ok(None) }.boxed()
+    }
+    fn pause(&self, _: Duration) -> BoxFuture<'_, ()> {
+        async {}.boxed()
+    }
+    fn paused_for(&self) -> BoxFuture<'_, Duration> {
+        async { Duration::ZERO }.boxed()
+    }
+}
+
+/// HTTP client for one target: admission, pauses and timeouts live here.
 pub struct Delivery {
     client: reqwest::Client,
-    limiter: DefaultDirectRateLimiter,
-    paused_until: Mutex<Option<Instant>>,
+    admission: Arc<dyn Admission>,
+    /// Longer admission waits are handed back to the caller as [`SendError::Throttled`].
+    max_wait: Duration,
     pub retry: RetryPolicy,
 }
 
 impl Delivery {
-    pub fn new(target: &Target) -> anyhow::Result<Delivery> {
+    pub fn new(target: &Target, admission: Arc<dyn Admission>, max_wait: Duration) -> anyhow::Result<Delivery> {
         crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(target.timeout)
@@ -61,37 +123,36 @@ impl Delivery {
             .pool_max_idle_per_host(target.max_in_flight)
             .user_agent(concat!("orgprov/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Delivery {
-            client,
-            limiter: limiter(target.rate_limit),
-            paused_until: Mutex::new(None),
-            retry: RetryPolicy::from(target.retry),
-        })
+        Ok(Delivery { client, admission, max_wait, retry: RetryPolicy::from(target.retry) })
     }
 
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
 
-    /// Sends one call counted by the rate limit: waits for any pause the upstream named and
-    /// for a rate-limit slot, then sends. A 429 pauses every later call of this target.
+    pub fn admission(&self) -> &dyn Admission {
+        &*self.admission
+    }
+
+    /// Sends one call counted by the rate limit: waits for admission (the upstream's pause
+    /// and a rate-limit slot), then sends. A 429 pauses the target for every replica.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
+        let mut waited = Duration::ZERO;
         loop {
-            let until = *self.paused_until.lock().expect("pause lock");
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
-                _ => break,
+            match self.admission.acquire().await {
+                Ok(None) => break,
+                Ok(Some(wait)) if waited + wait > self.max_wait => return Err(SendError::Throttled(wait)),
+                Ok(Some(wait)) => {
+                    waited += wait;
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(SendError::NotSent(format!("rate limiter unavailable: {e}"))),
             }
         }
-        self.limiter.until_ready().await;
-        let response = request.send().await.map_err(classify)?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| SendError::MaybeSent(format!("reading the body: {e}")))?;
-        let response = Response { status, headers, body };
-        if status == 429 {
+        let response = self.send_unlimited(request).await?;
+        if response.status == 429 {
             let wait = response.retry_after().unwrap_or(Duration::from_secs(1));
-            self.pause_for(wait);
+            self.admission.pause(wait).await;
         }
         Ok(response)
     }
@@ -104,22 +165,6 @@ impl Delivery {
         let body = response.bytes().await.map_err(|e| SendError::MaybeSent(format!("reading the body: {e}")))?;
         Ok(Response { status, headers, body })
     }
-
-    pub fn pause_for(&self, wait: Duration) {
-        let until = Instant::now() + wait;
-        let mut paused = self.paused_until.lock().expect("pause lock");
-        if paused.is_none_or(|p| p < until) {
-            *paused = Some(until);
-        }
-    }
-}
-
-fn limiter(rate: RateLimitSettings) -> DefaultDirectRateLimiter {
-    // One cell every 1/r seconds, with `burst` cells available at once.
-    let period = Duration::from_secs_f64(1.0 / rate.per_second);
-    let burst = NonZeroU32::new(rate.burst).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::with_period(period).unwrap_or(Quota::per_second(NonZeroU32::MIN)).allow_burst(burst);
-    RateLimiter::direct(quota)
 }
 
 fn classify(e: reqwest::Error) -> SendError {

@@ -83,7 +83,7 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<ExitC
             timeout_ms: 5_000,
             max_in_flight: 128,
             rate_limit: RateLimitSettings { per_second: 300.0, burst: 100 },
-            retry: RetrySettings { base_delay_ms: 50, max_delay_ms: 2_000 },
+            retry: RetrySettings { base_delay_ms: 50, max_delay_ms: 2_000, ..RetrySettings::default() },
             ..TargetSettings::new("auth0", &sim.base_url("auth0"), "orgprov-sim", SECRET_VAR)
         },
     );

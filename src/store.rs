@@ -77,6 +77,8 @@ pub struct Claim {
     /// Upstream calls made for this generation so far.
     pub attempts: i64,
     pub needs_reconcile: bool,
+    /// Time since this generation started (the retry deadline counts from there).
+    pub age: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,21 +165,27 @@ impl Store {
         &self,
         request_id: &str,
         content_hash: &str,
+        document: Option<&Value>,
         owner: &str,
         lease: Duration,
         prepare: impl FnOnce() -> Result<Prepared, EarlyFailure>,
     ) -> Result<ClaimResult, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO requests (request_id, content_hash, state) VALUES ($1, $2, 'active') ON CONFLICT (request_id) DO NOTHING")
-            .bind(request_id)
-            .bind(content_hash)
+        sqlx::query(
+            "INSERT INTO requests (request_id, content_hash, document, state) VALUES ($1, $2, $3, 'active')
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(request_id)
+        .bind(content_hash)
+        .bind(document)
             .execute(&mut *tx)
             .await?;
         let row = sqlx::query(
             "SELECT state, content_hash, generation, attempts, needs_reconcile,
                     COALESCE(lease_expires_at > now(), false) AS live,
                     GREATEST(EXTRACT(EPOCH FROM (lease_expires_at - now())), 0)::float8 AS remaining,
-                    target, provider, template, template_version, spec, body, natural_key
+                    target, provider, template, template_version, spec, body, natural_key,
+                    EXTRACT(EPOCH FROM (now() - generation_started_at))::float8 AS age
              FROM requests WHERE request_id = $1 FOR UPDATE",
         )
         .bind(request_id)
@@ -279,6 +287,7 @@ impl Store {
             prepared,
             attempts: row.get("attempts"),
             needs_reconcile: row.get("needs_reconcile"),
+            age: Duration::from_secs_f64(row.get::<f64, _>("age").max(0.0)),
         })))
     }
 
@@ -297,6 +306,20 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(updated.rows_affected() == 1)
+    }
+
+    /// Undoes `begin_call` for a call that was never sent (throttled before sending).
+    pub async fn refund_call(&self, claim: &Claim, needs_reconcile: bool) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE requests SET attempts = GREATEST(attempts - 1, 0), needs_reconcile = $3
+             WHERE request_id = $1 AND fencing_token = $2",
+        )
+        .bind(&claim.request_id)
+        .bind(claim.token)
+        .bind(needs_reconcile)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Renews the lease; `false` when it was lost.
@@ -572,5 +595,82 @@ impl Store {
         })
         .collect();
         Ok(Some(RequestReport { request, attempts, events }))
+    }
+}
+
+/// Replica-wide admission per target (DESIGN.md §Semantics 9, 11): a GCRA token bucket and
+/// the upstream's pause, kept in Postgres so every replica shares them and times are the
+/// database's, not a local clock.
+impl Store {
+    pub async fn ensure_limit(&self, target: &str) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO target_limits (target) VALUES ($1) ON CONFLICT (target) DO NOTHING")
+            .bind(target)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes one call slot for `target` at `per_second` with `burst`. `Ok(None)`: go now;
+    /// `Ok(Some(wait))`: nothing was taken, try again after `wait`.
+    pub async fn acquire_slot(&self, target: &str, per_second: f64, burst: u32) -> Result<Option<Duration>, StoreError> {
+        let interval = 1.0 / per_second;
+        let row = sqlx::query(
+            "WITH cur AS (
+                 SELECT GREATEST(tat, now()) AS t, paused_until AS p FROM target_limits WHERE target = $1 FOR UPDATE
+             ), upd AS (
+                 UPDATE target_limits SET tat = cur.t + make_interval(secs => $2) FROM cur
+                 WHERE target = $1 AND (cur.p IS NULL OR cur.p <= now())
+                   AND cur.t + make_interval(secs => $2 * (1 - $3)) <= now()
+                 RETURNING 1
+             )
+             SELECT EXISTS (SELECT 1 FROM upd) AS granted,
+                    GREATEST(
+                        CASE WHEN cur.p > now() THEN EXTRACT(EPOCH FROM (cur.p - now())) ELSE 0 END,
+                        EXTRACT(EPOCH FROM (cur.t + make_interval(secs => $2 * (1 - $3)) - now())),
+                        0)::float8 AS wait
+             FROM cur",
+        )
+        .bind(target)
+        .bind(interval)
+        .bind(f64::from(burst))
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            self.ensure_limit(target).await?;
+            return Ok(Some(Duration::ZERO));
+        };
+        if row.get::<bool, _>("granted") {
+            Ok(None)
+        } else {
+            let wait: f64 = row.get("wait");
+            // At least a millisecond, so a caller never spins.
+            Ok(Some(Duration::from_secs_f64(wait.max(0.001))))
+        }
+    }
+
+    /// Pauses every call of `target`, on every replica, for `wait` from now (database time).
+    pub async fn pause_target(&self, target: &str, wait: Duration) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE target_limits
+             SET paused_until = GREATEST(COALESCE(paused_until, now()), now() + make_interval(secs => $2))
+             WHERE target = $1",
+        )
+        .bind(target)
+        .bind(wait.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// How long `target` stays paused (zero when it is not).
+    pub async fn pause_remaining(&self, target: &str) -> Result<Duration, StoreError> {
+        let secs: Option<f64> = sqlx::query_scalar(
+            "SELECT GREATEST(EXTRACT(EPOCH FROM (paused_until - now())), 0)::float8 FROM target_limits
+             WHERE target = $1 AND paused_until > now()",
+        )
+        .bind(target)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(secs.map(Duration::from_secs_f64).unwrap_or_default())
     }
 }

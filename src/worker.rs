@@ -29,7 +29,7 @@ use crate::config::{Settings, Target};
 use crate::contract::{
     self, ErrorCode, EventError, FailedData, OutcomeEvent, ProvisionedData, Rejection, RequestId, SourceMessage,
 };
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, PgAdmission};
 use crate::providers::{self, CallError, Created, ErrorClass, Lookup, Provider};
 use crate::store::{AttemptRecord, Claim, ClaimResult, EarlyFailure, Outcome, Prepared, Store, StoreError};
 use crate::telemetry::METRICS;
@@ -39,6 +39,7 @@ use crate::template::Templates;
 pub struct TargetRuntime {
     pub target: Target,
     pub provider: Box<dyn Provider>,
+    delivery: Arc<Delivery>,
     slots: Arc<Semaphore>,
 }
 
@@ -98,11 +99,19 @@ impl Worker {
         let js = bus::context(client);
         let consumer = bus::ensure_topology(&js, &settings.nats).await?;
         let mut runtimes = HashMap::new();
+        let max_wait = Duration::from_secs(settings.worker.max_inline_wait_secs);
         for target in targets {
-            let delivery = Arc::new(Delivery::new(&target)?);
-            let provider = providers::build(&target, delivery);
+            store.ensure_limit(&target.name).await?;
+            let admission = Arc::new(PgAdmission {
+                store: store.clone(),
+                target: target.name.clone(),
+                per_second: target.rate_limit.per_second,
+                burst: target.rate_limit.burst,
+            });
+            let delivery = Arc::new(Delivery::new(&target, admission, max_wait)?);
+            let provider = providers::build(&target, delivery.clone());
             let slots = Arc::new(Semaphore::new(target.max_in_flight));
-            runtimes.insert(target.name.clone(), Arc::new(TargetRuntime { target, provider, slots }));
+            runtimes.insert(target.name.clone(), Arc::new(TargetRuntime { target, provider, delivery, slots }));
         }
         let owner = format!(
             "{}-{}-{}",
@@ -271,7 +280,7 @@ impl Worker {
                     Err(e) => store_trouble(e),
                 }
             }
-            Err(Rejection::Invalid { request_id, content_hash, reason, details }) => {
+            Err(Rejection::Invalid { request_id, content_hash, document, reason, details }) => {
                 let span = tracing::info_span!("provision", request_id = %request_id);
                 let failure = EarlyFailure {
                     target: None,
@@ -283,7 +292,7 @@ impl Worker {
                         details: Some(details),
                     },
                 };
-                self.claim_and_drive(&request_id, &content_hash, None, &message, &abandon, |_| Err(failure))
+                self.claim_and_drive(&request_id, &content_hash, &document, None, &message, &abandon, |_| Err(failure))
                     .instrument(span)
                     .await
             }
@@ -309,6 +318,7 @@ impl Worker {
                     .claim_and_drive(
                         &request.request_id,
                         &request.content_hash,
+                        &request.document,
                         runtime.as_deref(),
                         &message,
                         &abandon,
@@ -341,13 +351,15 @@ impl Worker {
         &self,
         request_id: &RequestId,
         content_hash: &str,
+        document: &Value,
         runtime: Option<&TargetRuntime>,
         message: &jetstream::Message,
         abandon: &CancellationToken,
         prepare: impl FnOnce(Option<&TargetRuntime>) -> Result<Prepared, EarlyFailure>,
     ) -> Disposition {
         let lease = Duration::from_secs(self.settings.worker.lease_secs);
-        let claim = self.store.claim(request_id.as_str(), content_hash, &self.owner, lease, || prepare(runtime)).await;
+        let claim =
+            self.store.claim(request_id.as_str(), content_hash, Some(document), &self.owner, lease, || prepare(runtime)).await;
         match claim {
             Ok(ClaimResult::Finished { reemitted }) => {
                 if reemitted {
@@ -411,7 +423,8 @@ impl Worker {
             }
         };
         let body = &claim.prepared.body;
-        let max_attempts = i64::from(self.settings.worker.max_attempts);
+        let max_attempts = i64::from(rt.target.retry.max_attempts.unwrap_or(self.settings.worker.max_attempts));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(rt.target.retry.deadline_secs).saturating_sub(claim.age);
         let max_inline = Duration::from_secs(self.settings.worker.max_inline_wait_secs);
         let mut attempts = claim.attempts;
         let mut needs_reconcile = claim.needs_reconcile;
@@ -424,7 +437,18 @@ impl Worker {
                 METRICS.lease_lost.inc();
                 return Disposition::Nak(Duration::from_secs(1));
             }
-            let create = !needs_reconcile && attempts < max_attempts;
+            // A paused target hands its message back instead of burning an attempt.
+            let paused = rt.delivery.admission().paused_for().await;
+            if paused > max_inline {
+                let _ = self.store.release(claim).await;
+                return Disposition::Nak(paused);
+            }
+            let out_of_time = tokio::time::Instant::now() >= deadline;
+            if out_of_time && !needs_reconcile {
+                let message = format!("gave up after {attempts} upstream calls: the retry deadline passed");
+                return self.settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, None), None, attempts).await;
+            }
+            let create = !needs_reconcile && attempts < max_attempts && !out_of_time;
             if !create {
                 // A provider that cannot refuse duplicates lets a late create land first.
                 let wait =
@@ -473,6 +497,14 @@ impl Worker {
                         }
                         needs_reconcile = true;
                         continue;
+                    }
+                    Err(e) if e.class == ErrorClass::Throttled => {
+                        // Never sent: not an attempt, and nothing to reconcile from it.
+                        attempts -= 1;
+                        if let Err(se) = self.store.refund_call(claim, needs_reconcile).await {
+                            return store_trouble(se);
+                        }
+                        e
                     }
                     Err(e) => {
                         if e.class == ErrorClass::Ambiguous {
@@ -531,7 +563,7 @@ impl Worker {
                             return store_trouble(e);
                         }
                         needs_reconcile = false;
-                        if attempts >= max_attempts {
+                        if attempts >= max_attempts || tokio::time::Instant::now() >= deadline {
                             let message = format!(
                                 "gave up after {attempts} upstream calls; a final lookup found no organization"
                             );
@@ -540,6 +572,13 @@ impl Worker {
                                 .await;
                         }
                         continue;
+                    }
+                    Err(e) if e.class == ErrorClass::Throttled => {
+                        attempts -= 1;
+                        if let Err(se) = self.store.refund_call(claim, needs_reconcile).await {
+                            return store_trouble(se);
+                        }
+                        e
                     }
                     Err(e) => {
                         if let ErrorClass::Permanent(code) = e.class {
@@ -560,16 +599,20 @@ impl Worker {
                     }
                 }
             };
-            if attempts >= max_attempts && !needs_reconcile {
+            if (attempts >= max_attempts || tokio::time::Instant::now() >= deadline) && !needs_reconcile {
                 // Nothing can have been created by the calls that failed definitively.
                 let message = format!("gave up after {attempts} upstream calls; last error: {}", error.message);
                 return self
                     .settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, Some(&error)), None, attempts)
                     .await;
             }
-            METRICS.upstream_retries.inc();
-            failures += 1;
-            let delay = error.retry_after.unwrap_or_else(|| rt.provider_retry_delay(failures));
+            let delay = if error.class == ErrorClass::Throttled {
+                error.retry_after.unwrap_or(Duration::from_secs(1))
+            } else {
+                METRICS.upstream_retries.inc();
+                failures += 1;
+                error.retry_after.unwrap_or_else(|| rt.provider_retry_delay(failures))
+            };
             tracing::info!(attempt = attempts, error = %error.message, ?delay, "upstream call failed; retrying");
             if delay > max_inline {
                 // A long wait hands the message back instead of holding it.

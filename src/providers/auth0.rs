@@ -333,7 +333,8 @@ mod tests {
             rate_limit: RateLimitSettings::default(),
             retry: RetrySettings::default(),
         };
-        Auth0::new(&target, Arc::new(Delivery::new(&target).unwrap()))
+        let delivery = Delivery::new(&target, Arc::new(crate::delivery::Unlimited), Duration::from_secs(1)).unwrap();
+        Auth0::new(&target, Arc::new(delivery))
     }
 
     fn spec(name: &str) -> OrgSpec {

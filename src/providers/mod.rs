@@ -107,6 +107,9 @@ pub enum ErrorClass {
     Ambiguous,
     /// Nothing was done upstream (429, connect failure): retry after a delay.
     Retryable,
+    /// Never sent: the target's rate limit or pause holds calls longer than a worker waits
+    /// in place. Not an attempt; hand the message back for `retry_after`.
+    Throttled,
     /// Retrying cannot help: end with this code.
     Permanent(ErrorCode),
 }
@@ -132,6 +135,13 @@ impl CallError {
         match e {
             SendError::NotSent(m) => CallError::new(ErrorClass::Retryable, None, format!("{what}: {m}")),
             SendError::MaybeSent(m) => CallError::new(ErrorClass::Ambiguous, None, format!("{what}: {m}")),
+            SendError::Throttled(wait) => CallError {
+                class: ErrorClass::Throttled,
+                status: None,
+                message: format!("{what}: target throttled for {wait:?}"),
+                retry_after: Some(wait),
+                details: None,
+            },
         }
     }
 

@@ -39,7 +39,7 @@ pub fn target_settings(provider: &str, base_url: &str) -> TargetSettings {
         timeout_ms: 2_000,
         max_in_flight: 32,
         rate_limit: RateLimitSettings { per_second: 500.0, burst: 100 },
-        retry: RetrySettings { base_delay_ms: 20, max_delay_ms: 500 },
+        retry: RetrySettings { base_delay_ms: 20, max_delay_ms: 500, ..RetrySettings::default() },
         ..TargetSettings::new(provider, base_url, "orgprov-sim", SECRET_VAR)
     }
 }

@@ -7,6 +7,10 @@
 //! [`build`] and [`ProviderKind`].
 
 pub mod auth0;
+pub mod biot;
+pub mod logto;
+pub mod secureauth;
+pub mod stytch;
 pub mod token;
 
 use std::sync::Arc;
@@ -23,14 +27,22 @@ use crate::template::OrgSpec;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProviderKind {
     Auth0,
+    Biot,
+    Logto,
+    SecureAuth,
+    Stytch,
 }
 
 impl ProviderKind {
-    pub const NAMES: &'static [&'static str] = &["auth0"];
+    pub const NAMES: &'static [&'static str] = &["auth0", "biot", "logto", "secureauth", "stytch"];
 
     pub fn parse(s: &str) -> Option<ProviderKind> {
         match s {
             "auth0" => Some(ProviderKind::Auth0),
+            "biot" => Some(ProviderKind::Biot),
+            "logto" => Some(ProviderKind::Logto),
+            "secureauth" => Some(ProviderKind::SecureAuth),
+            "stytch" => Some(ProviderKind::Stytch),
             _ => None,
         }
     }
@@ -38,6 +50,10 @@ impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Auth0 => "auth0",
+            ProviderKind::Biot => "biot",
+            ProviderKind::Logto => "logto",
+            ProviderKind::SecureAuth => "secureauth",
+            ProviderKind::Stytch => "stytch",
         }
     }
 }
@@ -47,6 +63,10 @@ impl ProviderKind {
 pub fn check(kind: ProviderKind, target: &TargetSettings) -> Result<(), (&'static str, String)> {
     match kind {
         ProviderKind::Auth0 => auth0::check(target),
+        ProviderKind::Biot => biot::check(target),
+        ProviderKind::Logto => logto::check(target),
+        ProviderKind::SecureAuth => secureauth::check(target),
+        ProviderKind::Stytch => stytch::check(target),
     }
 }
 
@@ -54,6 +74,10 @@ pub fn check(kind: ProviderKind, target: &TargetSettings) -> Result<(), (&'stati
 pub fn build(target: &Target, delivery: Arc<Delivery>) -> Box<dyn Provider> {
     match target.kind {
         ProviderKind::Auth0 => Box::new(auth0::Auth0::new(target, delivery)),
+        ProviderKind::Biot => Box::new(biot::Biot::new(target, delivery)),
+        ProviderKind::Logto => Box::new(logto::Logto::new(target, delivery)),
+        ProviderKind::SecureAuth => Box::new(secureauth::SecureAuth::new(target, delivery)),
+        ProviderKind::Stytch => Box::new(stytch::Stytch::new(target, delivery)),
     }
 }
 

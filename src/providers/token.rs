@@ -46,6 +46,8 @@ impl TokenCache {
             return Ok(Token { secret: c.token.clone(), generation: c.generation });
         }
         let (token, lifetime) = fetch().await?;
+        // An absurd lifetime from upstream must not overflow the clock; a day is plenty.
+        let lifetime = lifetime.min(Duration::from_secs(86_400));
         let generation = self.fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let early = (lifetime / 10).min(Duration::from_secs(60));
         *slot = Some(Cached { token: token.clone(), refresh_at: Instant::now() + lifetime - early, generation });

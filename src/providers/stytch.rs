@@ -1,0 +1,597 @@
+//! Stytch B2B: organizations.
+//!
+//! - Auth: HTTP Basic `project_id:secret` on every call (the target's `client_id` is the
+//!   project id). There is no token, so a 401 is final: `unauthorized`, no refresh.
+//! - Create: `POST {base_url}/v1/b2b/organizations`; success is **200** with the id at
+//!   `organization.organization_id`. `organization_slug` (= the spec's `name`) and
+//!   `organization_external_id` are both unique in a project.
+//! - Ownership: `organization_external_id` is our request_id when it only has characters Stytch
+//!   allows there (letters, digits, `.` `_` `-` `|`, at most 128); request ids may also hold
+//!   `:`, and then the external id is `orgprov-` + the hex SHA-256 of the request_id (72
+//!   characters, see [`external_id`]). The request_id is also written to
+//!   `trusted_metadata.orgprov_request_id`.
+//! - Lookup: `GET /v1/b2b/organizations/{external_id}`; an organization whose external id is
+//!   ours is ours (DESIGN §6), unless its trusted metadata names a *different* request id
+//!   (only possible if someone chose a request id that looks like our digest form). Otherwise
+//!   `GET /v1/b2b/organizations/{slug}`: an organization holding our slug is someone else's
+//!   (→ `conflict`), none means absent. Stytch resolves that path segment as an id, slug or
+//!   external id, so each answer is checked against the field we meant.
+//! - The natural key shown in events and messages is the slug: it is what a person recognises.
+//! - Duplicate slug or external id (`organization_slug_already_used`, or any `error_type` /
+//!   `error_message` saying the slug or external id is already used) → `Created::Conflict`; the
+//!   lookup decides. Third-party code is the only source for the slug error type, and none was
+//!   found for the external id, hence the loose match.
+//! - Template settings (`[settings.stytch]`): `sso_jit_provisioning`, `email_jit_provisioning`,
+//!   `email_invites`, `mfa_policy`, `auth_methods`, `allowed_auth_methods`, `mfa_methods`,
+//!   `allowed_mfa_methods`, `rbac_email_implicit_role_assignments`, with their documented
+//!   values; `RESTRICTED` auth/MFA methods need a non-empty allowed list (Stytch's
+//!   `allowed_*_methods_required_for_restricted`). Other keys are refused.
+//! - Limits checked before any call: `organization_name` (display name, else name) 1–128;
+//!   slug 2–128 of letters, digits, `-` `.` `_` `~`; allowed e-mail domains are host names and
+//!   not common public mail domains; logo URL is http(s). The spec's description, e-mail,
+//!   parent and colours have no Stytch field and are not sent.
+//! - Errors: `{status_code, request_id, error_type, error_message, error_url}`. Other 400s →
+//!   `rejected` with `error_message`; 401 `unauthorized`; 403 `forbidden`; 429
+//!   (`too_many_requests`, no rate-limit headers) → retry with backoff; 5xx ambiguous.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
+use crate::config::{Target, TargetSettings};
+use crate::contract::RequestId;
+use crate::delivery::{Delivery, Response};
+use crate::template::OrgSpec;
+
+pub const TAG: &str = "orgprov_request_id";
+const NAME_MAX: usize = 128;
+const SLUG_MIN: usize = 2;
+const SLUG_MAX: usize = 128;
+const EXTERNAL_ID_MAX: usize = 128;
+
+/// One-of settings and their documented values.
+const ENUM_SETTINGS: &[(&str, &[&str])] = &[
+    ("sso_jit_provisioning", &["ALL_ALLOWED", "RESTRICTED", "NOT_ALLOWED"]),
+    ("email_jit_provisioning", &["RESTRICTED", "NOT_ALLOWED"]),
+    ("email_invites", &["ALL_ALLOWED", "RESTRICTED", "NOT_ALLOWED"]),
+    ("mfa_policy", &["OPTIONAL", "REQUIRED_FOR_ALL"]),
+    ("auth_methods", &["ALL_ALLOWED", "RESTRICTED"]),
+    ("mfa_methods", &["ALL_ALLOWED", "RESTRICTED"]),
+];
+/// List settings and the documented values of their items.
+const LIST_SETTINGS: &[(&str, &[&str])] = &[
+    (
+        "allowed_auth_methods",
+        &[
+            "sso",
+            "magic_link",
+            "email_otp",
+            "password",
+            "google_oauth",
+            "microsoft_oauth",
+            "slack_oauth",
+            "github_oauth",
+            "hubspot_oauth",
+        ],
+    ),
+    ("allowed_mfa_methods", &["sms_otp", "totp"]),
+];
+const ROLE_ASSIGNMENTS: &str = "rbac_email_implicit_role_assignments";
+/// Public mail domains Stytch refuses in `email_allowed_domains` (its list is longer; these
+/// are the ones a template is likely to hold by mistake).
+const COMMON_DOMAINS: &[&str] = &[
+    "gmail.com",
+    "googlemail.com",
+    "yahoo.com",
+    "hotmail.com",
+    "outlook.com",
+    "live.com",
+    "msn.com",
+    "aol.com",
+    "icloud.com",
+    "me.com",
+    "proton.me",
+    "protonmail.com",
+    "gmx.com",
+    "mail.com",
+    "yandex.com",
+];
+
+/// Stytch needs the project id as `client_id` (the secret is the project secret).
+pub fn check(target: &TargetSettings) -> Result<(), (&'static str, String)> {
+    if target.client_id.as_deref().is_none_or(str::is_empty) {
+        return Err(("client_id", "Stytch needs the project id (project-test-... or project-live-...)".into()));
+    }
+    Ok(())
+}
+
+/// The `organization_external_id` of a request: the request_id itself when Stytch allows its
+/// characters, else `orgprov-` + hex SHA-256 of it.
+pub fn external_id(request_id: &str) -> String {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '|');
+    if !request_id.is_empty() && request_id.len() <= EXTERNAL_ID_MAX && request_id.chars().all(allowed) {
+        request_id.to_owned()
+    } else {
+        format!("orgprov-{}", hex::encode(Sha256::digest(request_id.as_bytes())))
+    }
+}
+
+/// Whether `s` is a valid slug: 2–128 of letters, digits, `-` `.` `_` `~`.
+pub fn is_slug(s: &str) -> bool {
+    (SLUG_MIN..=SLUG_MAX).contains(&s.len())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~'))
+}
+
+pub struct Stytch {
+    organizations_url: String,
+    project_id: String,
+    secret: SecretString,
+    delivery: Arc<Delivery>,
+}
+
+impl Stytch {
+    pub fn new(target: &Target, delivery: Arc<Delivery>) -> Stytch {
+        Stytch {
+            organizations_url: format!("{}/v1/b2b/organizations", target.base_url),
+            project_id: target.client_id.clone(),
+            secret: target.client_secret.clone(),
+            delivery,
+        }
+    }
+
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        request.basic_auth(&self.project_id, Some(self.secret.expose_secret()))
+    }
+
+    fn classify(&self, response: &Response, what: &str) -> CallError {
+        let mut e = CallError::from_status(
+            response,
+            format!("{what}: Stytch answered {}: {}", response.status, error_message(response)),
+        );
+        e.details = error_details(response);
+        e
+    }
+
+    /// `GET /v1/b2b/organizations/{key}`: the organization object, or `None` when not found.
+    async fn fetch(&self, key: &str) -> Result<Option<Value>, CallError> {
+        let what = "look up organization";
+        let url = format!("{}/{}", self.organizations_url, urlencoding::encode(key));
+        let response = self
+            .delivery
+            .send(self.authorized(self.delivery.client().get(&url)))
+            .await
+            .map_err(|e| CallError::from_send(e, what).for_lookup())?;
+        let not_found = response.status == 404
+            || (response.status == 400 && error_type(&response).as_deref() == Some("organization_not_found"));
+        if not_found {
+            return Ok(None);
+        }
+        if response.status != 200 {
+            return Err(self.classify(&response, what).for_lookup());
+        }
+        match response.json().as_ref().and_then(|v| v.get("organization")) {
+            Some(org @ Value::Object(_)) => Ok(Some(org.clone())),
+            _ => Err(CallError::new(
+                ErrorClass::Retryable,
+                Some(200),
+                "Stytch lookup answered 200 without an organization",
+            )),
+        }
+    }
+}
+
+/// The new organization's id in a create response: `organization.organization_id`.
+fn created_id(v: &Value) -> Option<&str> {
+    v.pointer("/organization/organization_id").and_then(Value::as_str).filter(|id| !id.is_empty())
+}
+
+/// Decides ownership of an organization found by our external id or our slug.
+fn ownership(org: &Value, external_id: &str, slug: &str, request_id: &RequestId) -> Option<Lookup> {
+    let id = org.get("organization_id").and_then(Value::as_str)?.to_owned();
+    let field = |k: &str| org.get(k).and_then(Value::as_str);
+    if field("organization_external_id") == Some(external_id) {
+        let tag = org.pointer(&format!("/trusted_metadata/{TAG}")).and_then(Value::as_str);
+        return Some(match tag {
+            Some(t) if t != request_id.as_str() => Lookup::NotOurs { id },
+            _ => Lookup::Ours { id },
+        });
+    }
+    (field("organization_slug") == Some(slug)).then_some(Lookup::NotOurs { id })
+}
+
+/// Whether an error answer says the slug or the external id is already taken (as opposed to
+/// malformed: `invalid_organization_slug` also mentions the slug).
+fn is_duplicate(response: &Response) -> bool {
+    if response.status != 400 && response.status != 409 {
+        return false;
+    }
+    let Some(v) = response.json() else { return false };
+    let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+    let (kind, message) = (text("error_type"), text("error_message"));
+    if kind == "organization_slug_already_used" {
+        return true;
+    }
+    if kind.starts_with("invalid") {
+        return false;
+    }
+    let all = format!("{kind} {message}");
+    let names_key = all.contains("slug") || all.contains("external_id") || all.contains("external id");
+    let taken = ["already", "duplicate", "taken", "in use", "exists"].iter().any(|w| all.contains(w));
+    names_key && taken
+}
+
+fn error_type(response: &Response) -> Option<String> {
+    response.json()?.get("error_type").and_then(Value::as_str).map(str::to_owned)
+}
+
+/// Stytch error bodies: `{status_code, request_id, error_type, error_message, error_url}`.
+fn error_message(response: &Response) -> String {
+    match response.json() {
+        Some(v) => v
+            .get("error_message")
+            .or_else(|| v.get("error_type"))
+            .and_then(Value::as_str)
+            .unwrap_or("no message")
+            .to_owned(),
+        None => String::from_utf8_lossy(&response.body[..response.body.len().min(200)]).into_owned(),
+    }
+}
+
+fn error_details(response: &Response) -> Option<Value> {
+    let v = response.json()?;
+    let mut details = Map::new();
+    for key in ["error_type", "request_id", "error_url"] {
+        if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
+            details.insert(key.into(), x.clone());
+        }
+    }
+    (!details.is_empty()).then_some(Value::Object(details))
+}
+
+fn is_domain(s: &str) -> bool {
+    s.contains('.')
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// Validates `[settings.stytch]` and copies it into the body.
+fn apply_settings(settings: &BTreeMap<String, Value>, body: &mut Map<String, Value>) -> Result<(), String> {
+    let known = || {
+        let mut names: Vec<&str> = ENUM_SETTINGS.iter().chain(LIST_SETTINGS).map(|(k, _)| *k).collect();
+        names.push(ROLE_ASSIGNMENTS);
+        names.join(", ")
+    };
+    for (key, value) in settings {
+        if let Some((_, allowed)) = ENUM_SETTINGS.iter().find(|(k, _)| k == key) {
+            if !value.as_str().is_some_and(|s| allowed.contains(&s)) {
+                return Err(format!("template setting stytch.{key} is {value}; Stytch accepts {}", allowed.join(", ")));
+            }
+        } else if let Some((_, allowed)) = LIST_SETTINGS.iter().find(|(k, _)| k == key) {
+            let list = value.as_array().ok_or_else(|| format!("template setting stytch.{key} must be an array"))?;
+            if let Some(bad) = list.iter().find(|i| !i.as_str().is_some_and(|s| allowed.contains(&s))) {
+                return Err(format!("template setting stytch.{key}: {bad} is not one of {}", allowed.join(", ")));
+            }
+        } else if key == ROLE_ASSIGNMENTS {
+            let list = value.as_array().ok_or_else(|| format!("template setting stytch.{key} must be an array"))?;
+            for item in list {
+                let ok = item.as_object().is_some_and(|o| {
+                    o.len() == 2
+                        && ["domain", "role_id"]
+                            .iter()
+                            .all(|f| o.get(*f).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+                });
+                if !ok {
+                    return Err(format!(
+                        "template setting stytch.{key}: each entry needs exactly a domain and a role_id, got {item}"
+                    ));
+                }
+            }
+        } else {
+            return Err(format!("template setting stytch.{key} is not supported (known: {})", known()));
+        }
+        body.insert(key.clone(), value.clone());
+    }
+    for (mode, list) in [("auth_methods", "allowed_auth_methods"), ("mfa_methods", "allowed_mfa_methods")] {
+        let restricted = settings.get(mode).and_then(Value::as_str) == Some("RESTRICTED");
+        let empty = settings.get(list).and_then(Value::as_array).is_none_or(Vec::is_empty);
+        if restricted && empty {
+            return Err(format!("template setting stytch.{mode} = \"RESTRICTED\" needs a non-empty stytch.{list}"));
+        }
+    }
+    Ok(())
+}
+
+impl Provider for Stytch {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Stytch
+    }
+
+    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
+        let slug = &spec.name;
+        if !is_slug(slug) {
+            return Err(format!(
+                "organization.name {slug:?} breaks Stytch's slug rules: 2-128 characters of letters, digits, \
+                 '-', '.', '_' and '~'"
+            ));
+        }
+        let name = spec.display_name.as_deref().unwrap_or(slug);
+        let length = name.chars().count();
+        if length == 0 || length > NAME_MAX || name.trim().is_empty() {
+            return Err(format!("organization.display_name must be 1-{NAME_MAX} characters for Stytch, got {length}"));
+        }
+        let mut body = Map::new();
+        body.insert("organization_name".into(), json!(name));
+        body.insert("organization_slug".into(), json!(slug));
+        body.insert("organization_external_id".into(), json!(external_id(request_id.as_str())));
+        let mut metadata = Map::new();
+        for (k, v) in &spec.metadata {
+            if k == TAG {
+                return Err(format!("organization.metadata.{TAG} is reserved for orgprov's ownership tag"));
+            }
+            metadata.insert(k.clone(), v.clone());
+        }
+        metadata.insert(TAG.into(), json!(request_id.as_str()));
+        body.insert("trusted_metadata".into(), Value::Object(metadata));
+        if !spec.domains.is_empty() {
+            for d in &spec.domains {
+                if !is_domain(d) {
+                    return Err(format!("organization.domains: {d:?} is not an e-mail domain like example.com"));
+                }
+                if COMMON_DOMAINS.contains(&d.to_ascii_lowercase().as_str()) {
+                    return Err(format!("organization.domains: Stytch refuses common public mail domains like {d:?}"));
+                }
+            }
+            body.insert("email_allowed_domains".into(), json!(spec.domains));
+        }
+        if let Some(url) = &spec.branding.logo_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(char::is_whitespace) {
+                return Err(format!("organization.branding.logo_url {url:?} must be an http(s) URL"));
+            }
+            body.insert("organization_logo_url".into(), json!(url));
+        }
+        apply_settings(&spec.settings, &mut body)?;
+        Ok(Value::Object(body))
+    }
+
+    fn natural_key(&self, body: &Value) -> String {
+        body.get("organization_slug").and_then(Value::as_str).unwrap_or_default().to_owned()
+    }
+
+    fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>> {
+        async move {
+            let what = "create organization";
+            let request = self
+                .delivery
+                .client()
+                .post(&self.organizations_url)
+                .header("idempotency-key", request_id.as_str())
+                .json(body);
+            let response =
+                self.delivery.send(self.authorized(request)).await.map_err(|e| CallError::from_send(e, what))?;
+            match response.status {
+                200 | 201 => match response.json().as_ref().and_then(created_id) {
+                    Some(id) => Ok(Created::New { id: id.to_owned(), status: response.status }),
+                    None => Err(CallError::new(
+                        ErrorClass::Ambiguous,
+                        Some(response.status),
+                        "Stytch answered 2xx without organization.organization_id",
+                    )),
+                },
+                _ if is_duplicate(&response) => Ok(Created::Conflict { status: response.status }),
+                _ => Err(self.classify(&response, what)),
+            }
+        }
+        .boxed()
+    }
+
+    fn find<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Lookup, CallError>> {
+        async move {
+            let slug = self.natural_key(body);
+            let external = body
+                .get("organization_external_id")
+                .and_then(Value::as_str)
+                .map_or_else(|| external_id(request_id.as_str()), str::to_owned);
+            for key in [&external, &slug] {
+                if let Some(org) = self.fetch(key).await?
+                    && let Some(found) = ownership(&org, &external, &slug, request_id)
+                {
+                    return Ok(found);
+                }
+            }
+            Ok(Lookup::Absent)
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{RateLimitSettings, RetrySettings};
+    use crate::contract::{Branding, ErrorCode};
+    use std::time::Duration;
+
+    const CREATE_REQUEST: &str = include_str!("../../tests/fixtures/stytch/create_request.json");
+    const CREATE_RESPONSE: &str = include_str!("../../tests/fixtures/stytch/create_response.json");
+    const SLUG_USED: &str = include_str!("../../tests/fixtures/stytch/error_slug_already_used.json");
+    const INVALID_SLUG: &str = include_str!("../../tests/fixtures/stytch/error_invalid_slug.json");
+    const TOO_MANY: &str = include_str!("../../tests/fixtures/stytch/error_too_many_requests.json");
+
+    fn stytch() -> Stytch {
+        let target = Target {
+            name: "acme-stytch".into(),
+            kind: ProviderKind::Stytch,
+            base_url: "https://test.stytch.com".into(),
+            token_url: None,
+            audience: None,
+            tenant: None,
+            scope: None,
+            resource: None,
+            ownership_attribute: None,
+            client_id: "project-test-1".into(),
+            client_secret: SecretString::from("s"),
+            timeout: Duration::from_secs(1),
+            max_in_flight: 1,
+            rate_limit: RateLimitSettings::default(),
+            retry: RetrySettings::default(),
+        };
+        let delivery = Delivery::new(&target, Arc::new(crate::delivery::Unlimited), Duration::from_secs(1)).unwrap();
+        Stytch::new(&target, Arc::new(delivery))
+    }
+
+    fn spec(name: &str, display: &str) -> OrgSpec {
+        OrgSpec {
+            name: name.into(),
+            display_name: Some(display.into()),
+            description: Some("not sent".into()),
+            email: None,
+            parent_id: None,
+            domains: vec![],
+            metadata: BTreeMap::new(),
+            branding: Branding::default(),
+            admin: None,
+            settings: BTreeMap::new(),
+            template: "stytch-standard".into(),
+            template_version: "1".into(),
+        }
+    }
+
+    fn fixture(text: &str) -> Value {
+        serde_json::from_str(text).expect("fixture is JSON")
+    }
+
+    fn response(status: u16, body: &str) -> Response {
+        Response { status, headers: Default::default(), body: bytes::Bytes::from(body.to_owned()) }
+    }
+
+    #[test]
+    fn external_id_is_the_request_id_when_stytch_allows_it() {
+        assert_eq!(external_id("crm-42.a_b"), "crm-42.a_b");
+        let hashed = external_id("crm:42");
+        assert!(hashed.starts_with("orgprov-") && hashed.len() == 8 + 64, "{hashed}");
+        assert_eq!(hashed, format!("orgprov-{}", hex::encode(Sha256::digest(b"crm:42"))));
+        assert_eq!(external_id(&"a".repeat(128)), "a".repeat(128));
+    }
+
+    /// The vendor page's example request, rebuilt from a spec: ours is the same plus our keys.
+    #[test]
+    fn body_has_the_documented_shape_with_our_external_id_and_tag() {
+        let documented = fixture(CREATE_REQUEST);
+        let id = RequestId::parse("crm:42").unwrap();
+        let s =
+            spec(documented["organization_slug"].as_str().unwrap(), documented["organization_name"].as_str().unwrap());
+        let body = stytch().prepare(&s, &id).unwrap();
+        let mut expected = documented.clone();
+        expected["organization_external_id"] = json!(external_id("crm:42"));
+        expected["trusted_metadata"] = json!({ TAG: "crm:42" });
+        assert_eq!(body, expected);
+        assert_eq!(stytch().natural_key(&body), "example-org");
+    }
+
+    #[test]
+    fn spec_fields_and_settings_map_to_the_documented_fields() {
+        let id = RequestId::parse("r1").unwrap();
+        let mut s = spec("acme", "Acme");
+        s.display_name = None;
+        s.domains = vec!["acme.com".into()];
+        s.metadata.insert("plan".into(), json!({"tier": "gold"}));
+        s.branding.logo_url = Some("https://acme.com/logo.png".into());
+        s.settings = BTreeMap::from([
+            ("mfa_policy".into(), json!("REQUIRED_FOR_ALL")),
+            ("auth_methods".into(), json!("RESTRICTED")),
+            ("allowed_auth_methods".into(), json!(["sso", "magic_link"])),
+            ("rbac_email_implicit_role_assignments".into(), json!([{"domain": "acme.com", "role_id": "admin"}])),
+        ]);
+        let body = stytch().prepare(&s, &id).unwrap();
+        assert_eq!(body["organization_name"], "acme", "the name stands in for a missing display name");
+        assert_eq!(body["email_allowed_domains"], json!(["acme.com"]));
+        assert_eq!(body["organization_logo_url"], "https://acme.com/logo.png");
+        assert_eq!(body["trusted_metadata"], json!({"plan": {"tier": "gold"}, TAG: "r1"}));
+        assert_eq!(body["organization_external_id"], "r1");
+        assert_eq!(body["mfa_policy"], "REQUIRED_FOR_ALL");
+        assert_eq!(body["allowed_auth_methods"], json!(["sso", "magic_link"]));
+        assert!(body.get("description").is_none());
+    }
+
+    #[test]
+    fn documented_rules_are_checked_before_any_call() {
+        let id = RequestId::parse("r1").unwrap();
+        let st = stytch();
+        let err = |s: &OrgSpec| st.prepare(s, &id).unwrap_err();
+        assert!(err(&spec("a", "A")).contains("organization.name \"a\""));
+        assert!(err(&spec("acme/corp", "A")).contains("slug"));
+        assert!(err(&spec(&"a".repeat(129), "A")).contains("slug"));
+        assert!(err(&spec("acme", &"n".repeat(129))).contains("1-128"));
+        let with = |k: &str, v: Value| {
+            let mut s = spec("acme", "Acme");
+            s.settings.insert(k.into(), v);
+            s
+        };
+        assert!(err(&with("mfa_policy", json!("SOMETIMES"))).contains("stytch.mfa_policy"));
+        assert!(err(&with("email_jit_provisioning", json!("ALL_ALLOWED"))).contains("stytch.email_jit_provisioning"));
+        assert!(err(&with("allowed_mfa_methods", json!(["carrier_pigeon"]))).contains("carrier_pigeon"));
+        assert!(err(&with("auth_methods", json!("RESTRICTED"))).contains("stytch.allowed_auth_methods"));
+        assert!(err(&with("mfa_methods", json!("RESTRICTED"))).contains("stytch.allowed_mfa_methods"));
+        assert!(err(&with(ROLE_ASSIGNMENTS, json!([{"domain": "acme.com"}]))).contains("role_id"));
+        assert!(err(&with("organization_color", json!("red"))).contains("stytch.organization_color is not supported"));
+        let mut s = spec("acme", "Acme");
+        s.domains = vec!["gmail.com".into()];
+        assert!(err(&s).contains("gmail.com"));
+        let mut s = spec("acme", "Acme");
+        s.branding.logo_url = Some("ftp://x".into());
+        assert!(err(&s).contains("logo_url"));
+        let mut s = spec("acme", "Acme");
+        s.metadata.insert(TAG.into(), json!("x"));
+        assert!(err(&s).contains("reserved"));
+    }
+
+    #[test]
+    fn the_documented_create_response_parses() {
+        let v = fixture(CREATE_RESPONSE);
+        assert_eq!(created_id(&v), Some("organization-test-07971b06-ac8b-4cdb-9c15-63b17e653931"));
+        let org = &v["organization"];
+        let id = RequestId::parse("r1").unwrap();
+        // Found by slug, without our external id: someone else's.
+        assert_eq!(
+            ownership(org, "r1", "example-org", &id),
+            Some(Lookup::NotOurs { id: "organization-test-07971b06-ac8b-4cdb-9c15-63b17e653931".into() })
+        );
+        assert_eq!(ownership(org, "r1", "other-slug", &id), None);
+        let mut ours = org.clone();
+        ours["organization_external_id"] = json!("r1");
+        assert!(matches!(ownership(&ours, "r1", "example-org", &id), Some(Lookup::Ours { .. })));
+        ours["trusted_metadata"] = json!({ TAG: "someone-else" });
+        assert!(matches!(ownership(&ours, "r1", "example-org", &id), Some(Lookup::NotOurs { .. })));
+    }
+
+    #[test]
+    fn documented_errors_are_classified() {
+        assert!(is_duplicate(&response(400, SLUG_USED)));
+        assert!(!is_duplicate(&response(400, INVALID_SLUG)), "a malformed slug is not a taken one");
+        let ext = r#"{"status_code":400,"error_type":"duplicate_organization_external_id",
+                      "error_message":"external_id is already used"}"#;
+        assert!(is_duplicate(&response(400, ext)));
+        assert!(!is_duplicate(&response(429, TOO_MANY)));
+
+        let st = stytch();
+        let e = st.classify(&response(400, INVALID_SLUG), "create organization");
+        assert_eq!(e.class, ErrorClass::Permanent(ErrorCode::Rejected));
+        assert!(e.message.contains(fixture(INVALID_SLUG)["error_message"].as_str().unwrap()));
+        assert_eq!(e.details.unwrap()["error_type"], "invalid_organization_slug");
+        let e = st.classify(&response(429, TOO_MANY), "create organization");
+        assert_eq!((e.class, e.retry_after), (ErrorClass::Retryable, None));
+        let e = st.classify(&response(401, r#"{"status_code":401,"error_type":"unauthorized_credentials"}"#), "x");
+        assert_eq!(e.class, ErrorClass::Permanent(ErrorCode::Unauthorized));
+        assert_eq!(st.classify(&response(503, "{}"), "x").class, ErrorClass::Ambiguous);
+    }
+}

@@ -1,0 +1,607 @@
+//! Simulated Logto tenant: the OIDC client-credentials token endpoint (`POST /oidc/token`) and
+//! the Management API's organization calls (`POST /api/organizations`, `GET /api/organizations`
+//! with `q`/`page`/`page_size`, `GET /api/organizations/{id}`), following PROVIDERS.md §5 and the
+//! vendor page (seed 004).
+//!
+//! What makes Logto different, and is kept here on purpose:
+//! - Names are not unique: every valid create stores a new organization. There is no conflict
+//!   error, so only the client's reconciliation can prevent duplicates.
+//! - Search: `q` is a case-insensitive partial match on id or name; `page` starts at 1,
+//!   `page_size` is 1–100 (default 20); every page carries `Total-Number`. Out-of-range paging
+//!   answers 400 `guard.invalid_pagination`.
+//! - Token: client authentication is HTTP Basic only (the M2M app's registered method), the
+//!   `resource` must be the tenant's Management API indicator (any URL ending in `/api`, as the
+//!   simulator's host varies by port) and the scope must include `all`.
+//! - Rate limit: Logto Cloud documents a token bucket of 200 requests per 10 s per tenant. The
+//!   simulator applies `Faults.rate_limit` as that bucket (`burst` = bucket size, `per_second` =
+//!   refill), so Logto Cloud is `{per_second: 20, burst: 200}`; unset means unlimited, like
+//!   self-hosted Logto. A refused call answers 429 with Logto's error body and no headers (none
+//!   are documented; a scripted `RateLimited` adds `Retry-After` only when given one).
+//! - Faults: a lost response stores and answers 504 (a proxy gave up); a late commit answers 500
+//!   `Internal server error.` now and stores `delay_ms` later; both are what the worker's
+//!   reconcile delay exists for.
+//! - The body guard strips unknown keys (zod's default) and ignores client-sent `id`,
+//!   `tenantId` and `createdAt`, which the server owns.
+
+// Validation helpers return the finished HTTP refusal as their error; boxing it would buy
+// nothing on a test server and cost readability.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, DATE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde_json::{Map, Value, json};
+
+use super::{Authorized, DropConnection, ScriptedFault, SimState, TokenStatus, http_date_now};
+
+/// Path prefix and state key of this provider.
+const PROVIDER: &str = "logto";
+const TENANT: &str = "default";
+const NAME_MAX: usize = 128;
+const DESCRIPTION_MAX: usize = 256;
+const PAGE_SIZE_MAX: usize = 100;
+const PAGE_SIZE_DEFAULT: usize = 20;
+const BRANDING_KEYS: &[&str] = &["logoUrl", "darkLogoUrl", "favicon", "darkFavicon"];
+
+/// The Logto routes, to be mounted under `/logto`.
+pub(crate) fn routes(state: Arc<SimState>) -> Router {
+    Router::new()
+        .route("/oidc/token", post(issue_token))
+        .route("/api/organizations", post(create_organization).get(list_organizations))
+        .route("/api/organizations/{id}", get(get_organization))
+        .fallback(api_not_found)
+        .with_state(state)
+}
+
+/// Completes a seeded organization with what Logto's server fills in.
+pub(crate) fn normalize_seed(org: Value) -> Value {
+    match org {
+        Value::Object(given) => {
+            let mut fields = Map::new();
+            fields.insert("tenantId".into(), json!(TENANT));
+            fields.insert("id".into(), json!(new_id()));
+            fields.insert("name".into(), json!(""));
+            fields.insert("description".into(), Value::Null);
+            fields.insert("customData".into(), json!({}));
+            fields.insert("isMfaRequired".into(), json!(false));
+            fields.insert("branding".into(), json!({}));
+            fields.insert("createdAt".into(), json!(now_ms()));
+            fields.extend(given);
+            Value::Object(fields)
+        }
+        other => other,
+    }
+}
+
+/// Logto ids are short random lowercase alphanumerics (column limit 21).
+fn new_id() -> String {
+    std::iter::repeat_with(|| {
+        fastrand::choice(b"abcdefghijklmnopqrstuvwxyz0123456789").copied().unwrap_or(b'x') as char
+    })
+    .take(12)
+    .collect()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+// ---------------------------------------------------------------------------------------------
+
+/// Logto's error shape: `{code, message, data?}`.
+fn api_error(status: StatusCode, code: &str, message: &str, data: Option<Value>) -> Response {
+    let mut body = json!({ "code": code, "message": message });
+    if let (Some(data), Some(fields)) = (data, body.as_object_mut()) {
+        fields.insert("data".into(), data);
+    }
+    (status, Json(body)).into_response()
+}
+
+fn invalid_input(issue: String) -> Response {
+    api_error(
+        StatusCode::BAD_REQUEST,
+        "guard.invalid_input",
+        &format!("The request input is invalid. {issue}"),
+        Some(json!({ "issues": [{ "message": issue }] })),
+    )
+}
+
+fn unauthorized(code: &str, message: &str) -> Response {
+    api_error(StatusCode::UNAUTHORIZED, code, message, None)
+}
+
+/// Logto documents no code for its edge rate limit; this one follows its dotted style.
+fn too_many_requests() -> Response {
+    api_error(StatusCode::TOO_MANY_REQUESTS, "request.too_many_requests", "Too many requests.", None)
+}
+
+fn server_error(status: StatusCode) -> Response {
+    let message = match status.as_u16() {
+        502 => "Bad gateway.",
+        503 => "Service unavailable.",
+        504 => "Gateway timeout.",
+        _ => "Internal server error.",
+    };
+    (status, Json(json!({ "message": message }))).into_response()
+}
+
+/// The body Logto would send with `status` for a scripted `Status` fault.
+fn error_for_status(status: u16) -> Response {
+    let Ok(code) = StatusCode::from_u16(status) else {
+        return server_error(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    match status {
+        400 => invalid_input("name: String must contain at least 1 character(s)".into()),
+        401 => unauthorized("auth.unauthorized", "Unauthorized."),
+        403 => api_error(code, "auth.forbidden", "Forbidden.", None),
+        404 => api_error(code, "entity.not_found", "The resource does not exist.", None),
+        422 => api_error(code, "entity.unprocessable", "The request could not be processed.", None),
+        429 => too_many_requests(),
+        500..=599 => server_error(code),
+        _ => api_error(code, "request.general", code.canonical_reason().unwrap_or("Error"), None),
+    }
+}
+
+fn finish(mut response: Response, authorized: bool) -> Response {
+    if let Ok(date) = HeaderValue::from_str(&http_date_now()) {
+        response.headers_mut().insert(DATE, date);
+    }
+    response.extensions_mut().insert(Authorized(authorized));
+    response
+}
+
+async fn api_not_found() -> Response {
+    api_error(StatusCode::NOT_FOUND, "guard.invalid_path", "Not found.", None)
+}
+
+// ---------------------------------------------------------------------------------------------
+// OIDC token endpoint
+// ---------------------------------------------------------------------------------------------
+
+fn oidc_error(status: StatusCode, error: &str, description: &str) -> Response {
+    finish((status, Json(json!({ "error": error, "error_description": description }))).into_response(), false)
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let (id, secret) = String::from_utf8(decoded).ok()?.split_once(':').map(|(a, b)| (a.to_owned(), b.to_owned()))?;
+    Some((urlencoding::decode(&id).ok()?.into_owned(), urlencoding::decode(&secret).ok()?.into_owned()))
+}
+
+fn form(body: &[u8]) -> HashMap<String, String> {
+    let text = String::from_utf8_lossy(body);
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| urlencoding::decode(&s.replace('+', " ")).ok().map(|c| c.into_owned());
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let params = form(&body);
+    let Some((id, secret)) = basic_credentials(&headers) else {
+        return oidc_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "client authentication must use client_secret_basic",
+        );
+    };
+    if id != state.client_id || secret != state.client_secret {
+        return oidc_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed");
+    }
+    match params.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {}
+        Some(other) => {
+            return oidc_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                &format!("unsupported grant_type {other}"),
+            );
+        }
+        None => {
+            return oidc_error(StatusCode::BAD_REQUEST, "invalid_request", "missing required parameter 'grant_type'");
+        }
+    }
+    let resource = params.get("resource").map(String::as_str).unwrap_or("");
+    if !resource.ends_with("/api") {
+        return oidc_error(StatusCode::BAD_REQUEST, "invalid_target", "resource indicator is missing, or unknown");
+    }
+    let scopes: Vec<&str> = params.get("scope").map(|s| s.split_whitespace().collect()).unwrap_or_default();
+    if !scopes.contains(&"all") || scopes.iter().any(|s| *s != "all") {
+        return oidc_error(StatusCode::BAD_REQUEST, "invalid_scope", "requested scope is not allowed: use `all`");
+    }
+    let token = state.issue_token(PROVIDER);
+    let body = json!({
+        "access_token": token,
+        "expires_in": state.token_ttl.as_secs(),
+        "token_type": "Bearer",
+        "scope": "all",
+    });
+    let mut response = (StatusCode::OK, Json(body)).into_response();
+    response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    finish(response, true)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Management API: admission
+// ---------------------------------------------------------------------------------------------
+
+fn bearer_check(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return Err(unauthorized("auth.authorization_header_missing", "Authorization header is missing."));
+    };
+    let Some(token) = value.split_once(' ').filter(|(s, _)| s.eq_ignore_ascii_case("bearer")).map(|(_, t)| t.trim())
+    else {
+        return Err(unauthorized(
+            "auth.authorization_token_type_not_supported",
+            "Authorization type is not supported.",
+        ));
+    };
+    match state.check_token(PROVIDER, token) {
+        TokenStatus::Valid => Ok(()),
+        TokenStatus::Expired | TokenStatus::Unknown => Err(unauthorized("auth.unauthorized", "Unauthorized.")),
+    }
+}
+
+/// Every `/api` call is charged to the tenant bucket, delayed by the configured latency and
+/// authenticated; `Err` is the finished refusal.
+async fn admit(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+    let auth = bearer_check(state, headers);
+    if !state.take_rate_limit(PROVIDER).allowed {
+        return Err(finish(too_many_requests(), auth.is_ok()));
+    }
+    let latency = state.faults().latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    auth.map_err(|refusal| finish(refusal, false))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Management API: organizations
+// ---------------------------------------------------------------------------------------------
+
+async fn create_organization(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refusal) = admit(&state, &headers).await {
+        return refusal;
+    }
+    let response = match state.next_create_fault(PROVIDER) {
+        None => commit(&state, &headers, &body),
+        Some(ScriptedFault::Hang { ms }) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            commit(&state, &headers, &body)
+        }
+        Some(ScriptedFault::Status { status }) => error_for_status(status),
+        Some(ScriptedFault::RateLimited { retry_after_secs }) => {
+            let mut response = too_many_requests();
+            if let Some(secs) = retry_after_secs {
+                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            response
+        }
+        Some(ScriptedFault::LostResponse) => {
+            let _ = commit(&state, &headers, &body);
+            server_error(StatusCode::GATEWAY_TIMEOUT)
+        }
+        Some(ScriptedFault::DropConnection) => {
+            let _ = commit(&state, &headers, &body);
+            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            response.extensions_mut().insert(DropConnection);
+            response
+        }
+        Some(ScriptedFault::LateCommit { delay_ms }) => {
+            // Nothing is unique in Logto, so a valid late write always lands.
+            if let Ok(org) = prepare(&headers, &body) {
+                let late_state = state.clone();
+                state.spawn_delayed(Duration::from_millis(delay_ms), move || {
+                    store(&late_state, org);
+                });
+            }
+            server_error(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    };
+    finish(response, true)
+}
+
+fn commit(state: &SimState, headers: &HeaderMap, body: &[u8]) -> Response {
+    match prepare(headers, body) {
+        Ok(org) => (StatusCode::CREATED, Json(store(state, org))).into_response(),
+        Err(refusal) => refusal,
+    }
+}
+
+/// Stores a new organization (ids and timestamps are assigned at commit time).
+fn store(state: &SimState, mut org: Map<String, Value>) -> Value {
+    org.insert("id".into(), json!(new_id()));
+    org.insert("createdAt".into(), json!(now_ms()));
+    let stored = Value::Object(org);
+    state.with_provider(PROVIDER, |p| p.orgs.push(stored.clone()));
+    stored
+}
+
+fn is_url(s: &str) -> bool {
+    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
+    rest.is_some_and(|r| !r.is_empty() && !r.starts_with('/') && !s.contains(char::is_whitespace))
+}
+
+/// Validates a create body; returns the organization without id and createdAt.
+fn prepare(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Response> {
+    if let Some(content_type) = headers.get(CONTENT_TYPE)
+        && !content_type.to_str().is_ok_and(|v| v.to_ascii_lowercase().contains("json"))
+    {
+        return Err(api_error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "guard.invalid_input",
+            "Unsupported media type.",
+            None,
+        ));
+    }
+    let Ok(Value::Object(given)) = serde_json::from_slice::<Value>(body) else {
+        return Err(invalid_input("Expected object".into()));
+    };
+    let name = match given.get("name") {
+        Some(Value::String(n)) => n.clone(),
+        Some(_) => return Err(invalid_input("name: Expected string".into())),
+        None => return Err(invalid_input("name: Required".into())),
+    };
+    let length = name.chars().count();
+    if length == 0 || length > NAME_MAX {
+        return Err(invalid_input(format!("name: String must contain between 1 and {NAME_MAX} character(s)")));
+    }
+    let description = match given.get("description") {
+        None | Some(Value::Null) => Value::Null,
+        Some(Value::String(d)) if d.chars().count() <= DESCRIPTION_MAX => json!(d),
+        Some(Value::String(_)) => {
+            return Err(invalid_input(format!(
+                "description: String must contain at most {DESCRIPTION_MAX} character(s)"
+            )));
+        }
+        Some(_) => return Err(invalid_input("description: Expected string".into())),
+    };
+    let custom_data = match given.get("customData") {
+        None => json!({}),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(_) => return Err(invalid_input("customData: Expected object".into())),
+    };
+    let mfa = match given.get("isMfaRequired") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid_input("isMfaRequired: Expected boolean".into())),
+    };
+    let mut branding = Map::new();
+    match given.get("branding") {
+        None => {}
+        Some(Value::Object(b)) => {
+            for key in BRANDING_KEYS {
+                match b.get(*key) {
+                    None => {}
+                    Some(Value::String(url)) if is_url(url) => {
+                        branding.insert((*key).to_owned(), json!(url));
+                    }
+                    Some(_) => return Err(invalid_input(format!("branding.{key}: Invalid url"))),
+                }
+            }
+        }
+        Some(_) => return Err(invalid_input("branding: Expected object".into())),
+    }
+    let mut org = Map::new();
+    org.insert("tenantId".into(), json!(TENANT));
+    org.insert("name".into(), json!(name));
+    org.insert("description".into(), description);
+    org.insert("customData".into(), custom_data);
+    org.insert("isMfaRequired".into(), json!(mfa));
+    org.insert("branding".into(), Value::Object(branding));
+    Ok(org)
+}
+
+async fn list_organizations(
+    State(state): State<Arc<SimState>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refusal) = admit(&state, &headers).await {
+        return refusal;
+    }
+    let number = |key: &str, default: usize| match query.get(key) {
+        None => Some(default),
+        Some(v) => v.parse::<usize>().ok(),
+    };
+    let (Some(page), Some(page_size)) = (number("page", 1), number("page_size", PAGE_SIZE_DEFAULT)) else {
+        return finish(
+            api_error(StatusCode::BAD_REQUEST, "guard.invalid_pagination", "The pagination value is invalid.", None),
+            true,
+        );
+    };
+    if page == 0 || page_size == 0 || page_size > PAGE_SIZE_MAX {
+        return finish(
+            api_error(StatusCode::BAD_REQUEST, "guard.invalid_pagination", "The pagination value is invalid.", None),
+            true,
+        );
+    }
+    let needle = query.get("q").map(|q| q.to_lowercase()).filter(|q| !q.is_empty());
+    let orgs = state.with_provider(PROVIDER, |p| p.orgs.clone()).unwrap_or_default();
+    let hits: Vec<Value> = orgs
+        .into_iter()
+        .filter(|o| match &needle {
+            None => true,
+            Some(q) => ["id", "name"]
+                .iter()
+                .any(|k| o.get(*k).and_then(Value::as_str).is_some_and(|v| v.to_lowercase().contains(q.as_str()))),
+        })
+        .collect();
+    let total = hits.len();
+    let items: Vec<Value> = hits.into_iter().skip((page - 1).saturating_mul(page_size)).take(page_size).collect();
+    let mut response = (StatusCode::OK, Json(Value::Array(items))).into_response();
+    response.headers_mut().insert("total-number", HeaderValue::from(total));
+    finish(response, true)
+}
+
+async fn get_organization(State(state): State<Arc<SimState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    if let Err(refusal) = admit(&state, &headers).await {
+        return refusal;
+    }
+    let found = state
+        .with_provider(PROVIDER, |p| p.orgs.iter().find(|o| o.get("id").and_then(Value::as_str) == Some(&id)).cloned())
+        .flatten();
+    let response = match found {
+        Some(org) => (StatusCode::OK, Json(org)).into_response(),
+        None => api_error(StatusCode::NOT_FOUND, "entity.not_exists_with_id", "The organization does not exist.", None),
+    };
+    finish(response, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::super::{Faults, RateLimit, Simulator, SimulatorConfig};
+    use super::*;
+
+    async fn start_with(config: SimulatorConfig) -> Simulator {
+        let config = SimulatorConfig { providers: vec![PROVIDER.to_owned()], ..config };
+        Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.expect("simulator starts")
+    }
+
+    fn client() -> reqwest::Client {
+        super::super::test_http_client()
+    }
+
+    async fn token(client: &reqwest::Client, base: &str) -> String {
+        let response = client
+            .post(format!("{base}/oidc/token"))
+            .basic_auth("orgprov-sim", Some("sim-secret"))
+            .form(&[("grant_type", "client_credentials"), ("resource", &format!("{base}/api")), ("scope", "all")])
+            .send()
+            .await
+            .expect("token");
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.expect("json");
+        assert!(body["expires_in"].is_u64());
+        body["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    async fn create(client: &reqwest::Client, base: &str, token: &str, body: Value) -> reqwest::Response {
+        client.post(format!("{base}/api/organizations")).bearer_auth(token).json(&body).send().await.expect("create")
+    }
+
+    async fn list(client: &reqwest::Client, base: &str, token: &str, query: &[(&str, &str)]) -> reqwest::Response {
+        client.get(format!("{base}/api/organizations")).bearer_auth(token).query(query).send().await.expect("list")
+    }
+
+    #[tokio::test]
+    async fn token_requires_basic_auth_resource_and_scope() {
+        let sim = start_with(SimulatorConfig::default()).await;
+        let base = sim.base_url(PROVIDER);
+        let client = client();
+        let in_body = client
+            .post(format!("{base}/oidc/token"))
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "orgprov-sim"),
+                ("client_secret", "sim-secret"),
+            ])
+            .send()
+            .await
+            .expect("token");
+        assert_eq!(in_body.status(), 401);
+        let no_resource = client
+            .post(format!("{base}/oidc/token"))
+            .basic_auth("orgprov-sim", Some("sim-secret"))
+            .form(&[("grant_type", "client_credentials"), ("scope", "all")])
+            .send()
+            .await
+            .expect("token");
+        assert_eq!(no_resource.status(), 400);
+        assert_eq!(no_resource.json::<Value>().await.expect("json")["error"], "invalid_target");
+        let _ = token(&client, &base).await;
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn names_are_not_unique_and_search_pages_with_total_number() {
+        let sim = start_with(SimulatorConfig::default()).await;
+        let base = sim.base_url(PROVIDER);
+        let client = client();
+        let token = token(&client, &base).await;
+        for _ in 0..2 {
+            let r =
+                create(&client, &base, &token, json!({"name": "Acme", "customData": {"k": 1}, "tenantId": "x"})).await;
+            assert_eq!(r.status(), 201);
+            let body: Value = r.json().await.expect("json");
+            assert_eq!(body["tenantId"], TENANT);
+            assert_eq!(body["customData"]["k"], 1);
+            assert!(body["createdAt"].is_u64());
+        }
+        for i in 0..3 {
+            assert_eq!(create(&client, &base, &token, json!({"name": format!("Acme {i}")})).await.status(), 201);
+        }
+        assert_eq!(create(&client, &base, &token, json!({"name": "Other"})).await.status(), 201);
+        let page = list(&client, &base, &token, &[("q", "acme"), ("page", "2"), ("page_size", "2")]).await;
+        assert_eq!(page.headers()["total-number"], "5");
+        assert_eq!(page.json::<Value>().await.expect("json").as_array().map(Vec::len), Some(2));
+        let past = list(&client, &base, &token, &[("q", "acme"), ("page", "9"), ("page_size", "2")]).await;
+        assert_eq!(past.json::<Value>().await.expect("json"), json!([]));
+        let bad = list(&client, &base, &token, &[("page_size", "101")]).await;
+        assert_eq!(bad.status(), 400);
+        assert_eq!(bad.json::<Value>().await.expect("json")["code"], "guard.invalid_pagination");
+        let invalid = create(&client, &base, &token, json!({"name": ""})).await;
+        assert_eq!(invalid.status(), 400);
+        assert_eq!(invalid.json::<Value>().await.expect("json")["code"], "guard.invalid_input");
+        assert_eq!(sim.organizations(PROVIDER).len(), 6);
+        sim.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn late_commit_lost_response_and_rate_limit() {
+        let faults = Faults { rate_limit: Some(RateLimit { per_second: 20.0, burst: 200 }), ..Faults::default() };
+        let sim = start_with(SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
+        let base = sim.base_url(PROVIDER);
+        let client = client();
+        let token = token(&client, &base).await;
+        sim.push_script(PROVIDER, vec![ScriptedFault::LateCommit { delay_ms: 150 }, ScriptedFault::LostResponse]);
+        let late = create(&client, &base, &token, json!({"name": "Late"})).await;
+        assert_eq!(late.status(), 500);
+        assert_eq!(late.json::<Value>().await.expect("json"), json!({"message": "Internal server error."}));
+        assert!(sim.organizations(PROVIDER).is_empty());
+        let lost = create(&client, &base, &token, json!({"name": "Lost"})).await;
+        assert_eq!(lost.status(), 504);
+        assert_eq!(sim.organizations(PROVIDER).len(), 1);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(sim.organizations(PROVIDER).len(), 2);
+
+        // 200 requests per 10 s: the bucket is spent by the 201st call in a burst.
+        let mut limited = None;
+        for i in 0..260 {
+            let r = list(&client, &base, &token, &[("q", "x")]).await;
+            if r.status() == 429 {
+                limited = Some((i, r));
+                break;
+            }
+        }
+        let (i, r) = limited.expect("rate limited within the burst");
+        assert!((190..=240).contains(&i), "limited after {i} calls");
+        assert!(r.headers().get(RETRY_AFTER).is_none());
+        assert_eq!(r.json::<Value>().await.expect("json")["code"], "request.too_many_requests");
+        sim.shutdown().await;
+    }
+}

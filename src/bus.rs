@@ -168,6 +168,7 @@ impl Relay {
             anyhow::Ok(p.outbox_id)
         });
         let results = join_all(publishes).await;
+        crate::fault::crash_at(crate::fault::CrashPoint::AfterPublish);
         let mut done = Vec::with_capacity(results.len());
         let mut last_error = None;
         for r in results {

@@ -52,6 +52,32 @@ pub enum Command {
     Status { request_id: String },
     /// Run the whole pipeline on local NATS and Postgres against the built-in simulator.
     Demo(crate::demo::DemoArgs),
+    /// Re-drive failed requests (dead letters) as a new generation: by id, code or time.
+    Replay(ReplayArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ReplayArgs {
+    /// A request to replay (repeatable).
+    #[arg(long = "id")]
+    pub ids: Vec<String>,
+    /// Only failed requests with this error code (e.g. exhausted).
+    #[arg(long)]
+    pub code: Option<String>,
+    /// Only requests that failed at or after this RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only requests that failed before this RFC 3339 time.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Every failed request (when no other selector is given).
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long, default_value_t = 1000)]
+    pub limit: i64,
+    /// Print what would be replayed, change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -155,6 +181,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Submit(args) => submit(&settings, args).await,
         Command::Status { request_id } => status(&settings, &request_id).await,
         Command::Demo(args) => crate::demo::run(settings, args).await,
+        Command::Replay(args) => replay(&settings, args).await,
     };
     match result {
         Ok(code) => code,
@@ -352,4 +379,72 @@ async fn status(settings: &Settings, request_id: &str) -> anyhow::Result<ExitCod
             Ok(ExitCode::from(1))
         }
     }
+}
+
+async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let parse_time = |flag: &str, v: &Option<String>| -> Result<Option<time::OffsetDateTime>, String> {
+        v.as_deref()
+            .map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339))
+            .transpose()
+            .map_err(|e| format!("--{flag}: not an RFC 3339 time: {e}"))
+    };
+    let (since, until) = match (parse_time("since", &args.since), parse_time("until", &args.until)) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if args.ids.is_empty() && args.code.is_none() && since.is_none() && until.is_none() && !args.all {
+        eprintln!("error: say what to replay: --id, --code, --since/--until, or --all");
+        return Ok(ExitCode::from(2));
+    }
+    let selection = crate::store::ReplaySelection {
+        ids: args.ids.clone(),
+        code: args.code.clone(),
+        since,
+        until,
+        limit: args.limit,
+    };
+    let store = Store::connect(&settings.postgres.url, 2, naming(settings)).await?;
+    let candidates = store.replay_candidates(&selection).await?;
+    let js = crate::bus::context(crate::bus::connect(&settings.nats.url).await?);
+    let subject = settings.nats.requests_subject();
+    let (mut replayed, mut skipped) = (0, 0);
+    for id in args.ids.iter().filter(|id| !candidates.iter().any(|(c, _, _)| c == *id)) {
+        println!("{id}: skipped, no such request");
+        skipped += 1;
+    }
+    for (id, state, code) in candidates {
+        if state != "failed" {
+            // A request that succeeded is never provisioned again; an active one is in work.
+            println!("{id}: skipped, it is {state}");
+            skipped += 1;
+            continue;
+        }
+        if args.dry_run {
+            println!("{id}: would replay (failed with {})", code.as_deref().unwrap_or("?"));
+            continue;
+        }
+        let Some((tx, generation, document)) = store.begin_replay(&id).await? else {
+            println!("{id}: skipped, not failed any more or no stored request");
+            skipped += 1;
+            continue;
+        };
+        let msg_id = format!("{id}:replay:{generation}");
+        match crate::bus::publish_request(&js, &subject, serde_json::to_vec(&document)?, Some(&msg_id)).await {
+            Ok(_) => {
+                tx.commit().await?;
+                println!("{id}: replaying as generation {generation}");
+                replayed += 1;
+            }
+            Err(e) => {
+                tx.rollback().await?;
+                println!("{id}: not replayed, publish failed: {e}");
+                skipped += 1;
+            }
+        }
+    }
+    println!("replayed {replayed}, skipped {skipped}");
+    Ok(ExitCode::SUCCESS)
 }

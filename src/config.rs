@@ -127,6 +127,8 @@ pub struct WorkerSettings {
     pub shutdown_grace_secs: u64,
     /// Published outbox rows older than this are deleted.
     pub outbox_retention_secs: u64,
+    /// Attempt history older than this is deleted.
+    pub attempt_retention_days: u64,
     /// `host:port` of the health and metrics endpoint; empty disables it.
     pub admin_addr: String,
 }
@@ -141,6 +143,7 @@ impl Default for WorkerSettings {
             event_source: "orgprov".into(),
             shutdown_grace_secs: 30,
             outbox_retention_secs: 3600,
+            attempt_retention_days: 30,
             admin_addr: String::new(),
         }
     }

@@ -149,6 +149,9 @@ pub enum Rejection {
 
 /// Decodes a message payload: size limit, JSON, optional CloudEvents envelope, request_id,
 /// then the full schema.
+// The rejection carries the document by value because the worker stores it; it is built
+// once per bad message, so its size on the error path does not matter.
+#[allow(clippy::result_large_err)]
 pub fn decode(payload: &[u8]) -> Result<ProvisionRequest, Rejection> {
     if payload.len() > MAX_MESSAGE_BYTES {
         return Err(Rejection::Unreadable {

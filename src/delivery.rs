@@ -50,6 +50,11 @@ pub enum SendError {
     Throttled(Duration),
 }
 
+tokio::task_local! {
+    /// Set by [`Delivery::with_slot`]: the next counted send already holds a slot.
+    static PREADMITTED: std::cell::Cell<bool>;
+}
+
 /// Decides when a call to a target may go out.
 pub trait Admission: Send + Sync {
     /// `Ok(None)`: go now (a slot was taken). `Ok(Some(wait))`: try again after `wait`.
@@ -71,7 +76,11 @@ pub struct PgAdmission {
 impl Admission for PgAdmission {
     fn acquire(&self) -> BoxFuture<'_, Result<Option<Duration>, String>> {
         async move {
-            self.store.acquire_slot(&self.target, self.per_second, self.burst).await.map_err(|e| e.to_string())
+            // One slot of the burst is kept as headroom: calls granted a slot apart can reach
+            // the upstream closer together (scheduling, connection set-up), and the upstream
+            // counts arrivals.
+            let burst = self.burst.saturating_sub(1).max(1);
+            self.store.acquire_slot(&self.target, self.per_second, burst).await.map_err(|e| e.to_string())
         }
         .boxed()
     }
@@ -134,13 +143,13 @@ impl Delivery {
         &*self.admission
     }
 
-    /// Sends one call counted by the rate limit: waits for admission (the upstream's pause
-    /// and a rate-limit slot), then sends. A 429 pauses the target for every replica.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
+    /// Waits for admission (the upstream's pause and a rate-limit slot) and takes a slot.
+    /// Waits longer than the in-place limit come back as [`SendError::Throttled`].
+    pub async fn admit(&self) -> Result<(), SendError> {
         let mut waited = Duration::ZERO;
         loop {
             match self.admission.acquire().await {
-                Ok(None) => break,
+                Ok(None) => return Ok(()),
                 Ok(Some(wait)) if waited + wait > self.max_wait => return Err(SendError::Throttled(wait)),
                 Ok(Some(wait)) => {
                     waited += wait;
@@ -148,6 +157,22 @@ impl Delivery {
                 }
                 Err(e) => return Err(SendError::NotSent(format!("rate limiter unavailable: {e}"))),
             }
+        }
+    }
+
+    /// Runs `call` with a slot already taken by [`Delivery::admit`]: its first counted send
+    /// uses that slot instead of taking another. (The worker admits before it records that a
+    /// call starts, so time spent waiting for the rate limit never uses up an attempt.)
+    pub async fn with_slot<F: std::future::Future>(call: F) -> F::Output {
+        PREADMITTED.scope(std::cell::Cell::new(true), call).await
+    }
+
+    /// Sends one call counted by the rate limit: waits for admission (the upstream's pause
+    /// and a rate-limit slot), then sends. A 429 pauses the target for every replica.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
+        let preadmitted = PREADMITTED.try_with(|slot| slot.replace(false)).unwrap_or(false);
+        if !preadmitted {
+            self.admit().await?;
         }
         let response = self.send_unlimited(request).await?;
         if response.status == 429 {

@@ -18,6 +18,7 @@ pub mod config;
 pub mod contract;
 pub mod delivery;
 pub mod demo;
+pub mod fault;
 pub mod providers;
 pub mod simulator;
 pub mod store;

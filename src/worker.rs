@@ -30,6 +30,7 @@ use crate::contract::{
     self, ErrorCode, EventError, FailedData, OutcomeEvent, ProvisionedData, Rejection, RequestId, SourceMessage,
 };
 use crate::delivery::{Delivery, PgAdmission};
+use crate::fault::{CrashPoint, crash_at, crash_soon};
 use crate::providers::{self, CallError, Created, ErrorClass, Lookup, Provider};
 use crate::store::{AttemptRecord, Claim, ClaimResult, EarlyFailure, Outcome, Prepared, Store, StoreError};
 use crate::telemetry::METRICS;
@@ -41,6 +42,13 @@ pub struct TargetRuntime {
     pub provider: Box<dyn Provider>,
     delivery: Arc<Delivery>,
     slots: Arc<Semaphore>,
+}
+
+/// A message that yielded a request_id: what the claim is keyed and checked by.
+struct Keyed<'a> {
+    request_id: &'a RequestId,
+    content_hash: &'a str,
+    document: &'a Value,
 }
 
 /// What to tell JetStream about a message.
@@ -238,6 +246,7 @@ impl Worker {
 
     async fn sweep(self: Arc<Self>, shutdown: CancellationToken) {
         let age = Duration::from_secs(self.settings.worker.outbox_retention_secs);
+        let history = Duration::from_secs(self.settings.worker.attempt_retention_days * 86_400);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(60)) => {}
@@ -247,6 +256,11 @@ impl Worker {
                 Ok(n) if n > 0 => tracing::info!(deleted = n, "swept published outbox rows"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
+            }
+            match self.store.sweep_attempts(history).await {
+                Ok(n) if n > 0 => tracing::info!(deleted = n, "swept old attempt history"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "attempt history sweep failed"),
             }
         }
     }
@@ -292,9 +306,8 @@ impl Worker {
                         details: Some(details),
                     },
                 };
-                self.claim_and_drive(&request_id, &content_hash, &document, None, &message, &abandon, |_| Err(failure))
-                    .instrument(span)
-                    .await
+                let keyed = Keyed { request_id: &request_id, content_hash: &content_hash, document: &document };
+                self.claim_and_drive(keyed, None, &message, &abandon, |_| Err(failure)).instrument(span).await
             }
             Ok(request) => {
                 let span = tracing::info_span!("provision", request_id = %request.request_id, target = %request.message.target);
@@ -316,9 +329,11 @@ impl Worker {
                 let prepare = |rt: Option<&TargetRuntime>| prepare(&request, rt, &templates);
                 let d = self
                     .claim_and_drive(
-                        &request.request_id,
-                        &request.content_hash,
-                        &request.document,
+                        Keyed {
+                            request_id: &request.request_id,
+                            content_hash: &request.content_hash,
+                            document: &request.document,
+                        },
                         runtime.as_deref(),
                         &message,
                         &abandon,
@@ -349,17 +364,18 @@ impl Worker {
 
     async fn claim_and_drive(
         &self,
-        request_id: &RequestId,
-        content_hash: &str,
-        document: &Value,
+        keyed: Keyed<'_>,
         runtime: Option<&TargetRuntime>,
         message: &jetstream::Message,
         abandon: &CancellationToken,
         prepare: impl FnOnce(Option<&TargetRuntime>) -> Result<Prepared, EarlyFailure>,
     ) -> Disposition {
         let lease = Duration::from_secs(self.settings.worker.lease_secs);
-        let claim =
-            self.store.claim(request_id.as_str(), content_hash, Some(document), &self.owner, lease, || prepare(runtime)).await;
+        let Keyed { request_id, content_hash, document } = keyed;
+        let claim = self
+            .store
+            .claim(request_id.as_str(), content_hash, Some(document), &self.owner, lease, || prepare(runtime))
+            .await;
         match claim {
             Ok(ClaimResult::Finished { reemitted }) => {
                 if reemitted {
@@ -375,6 +391,7 @@ impl Worker {
                 Disposition::Nak(retry_in)
             }
             Ok(ClaimResult::Claimed(claim)) => {
+                crash_at(CrashPoint::AfterClaim);
                 let Some(runtime) = self.targets.get(&claim.prepared.target).cloned() else {
                     // Stored by an earlier deployment whose configuration had this target.
                     let error = EventError {
@@ -424,7 +441,8 @@ impl Worker {
         };
         let body = &claim.prepared.body;
         let max_attempts = i64::from(rt.target.retry.max_attempts.unwrap_or(self.settings.worker.max_attempts));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(rt.target.retry.deadline_secs).saturating_sub(claim.age);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(rt.target.retry.deadline_secs).saturating_sub(claim.age);
         let max_inline = Duration::from_secs(self.settings.worker.max_inline_wait_secs);
         let mut attempts = claim.attempts;
         let mut needs_reconcile = claim.needs_reconcile;
@@ -446,9 +464,29 @@ impl Worker {
             let out_of_time = tokio::time::Instant::now() >= deadline;
             if out_of_time && !needs_reconcile {
                 let message = format!("gave up after {attempts} upstream calls: the retry deadline passed");
-                return self.settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, None), None, attempts).await;
+                return self
+                    .settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, None), None, attempts)
+                    .await;
             }
             let create = !needs_reconcile && attempts < max_attempts && !out_of_time;
+            // Wait for the rate limit before the call is recorded as started, so waiting (or
+            // dying while waiting) never uses up an attempt.
+            match rt.delivery.admit().await {
+                Ok(()) => {}
+                Err(crate::delivery::SendError::Throttled(wait)) if wait > max_inline => {
+                    let _ = self.store.release(claim).await;
+                    return Disposition::Nak(wait);
+                }
+                Err(crate::delivery::SendError::Throttled(wait)) => {
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Err(e) => {
+                    // The shared rate limiter lives in Postgres: no admission, no call.
+                    tracing::warn!(error = %e, "rate limiter unavailable; handing the message back");
+                    return Disposition::Nak(jitter(Duration::from_secs(2)));
+                }
+            }
             if !create {
                 // A provider that cannot refuse duplicates lets a late create land first.
                 let wait =
@@ -475,7 +513,11 @@ impl Worker {
             let started_at = OffsetDateTime::now_utc();
             let clock = std::time::Instant::now();
             let error = if create {
-                let result = rt.provider.create(body, &request_id).await;
+                crash_soon(CrashPoint::DuringCall, Duration::from_millis(20));
+                let result = Delivery::with_slot(rt.provider.create(body, &request_id)).await;
+                if matches!(result, Ok(Created::New { .. })) {
+                    crash_at(CrashPoint::AfterCreate);
+                }
                 let mut record = attempt("create", started_at, clock.elapsed(), &result);
                 match result {
                     Ok(Created::New { id, .. }) => {
@@ -498,11 +540,12 @@ impl Worker {
                         needs_reconcile = true;
                         continue;
                     }
-                    Err(e) if e.class == ErrorClass::Throttled => {
-                        // Never sent: not an attempt, and nothing to reconcile from it.
-                        attempts -= 1;
-                        if let Err(se) = self.store.refund_call(claim, needs_reconcile).await {
-                            return store_trouble(se);
+                    Err(e) if is_throttling(&e) => {
+                        // Never sent, or refused for the rate limit: not an attempt (the retry
+                        // deadline bounds these), and nothing to reconcile from it.
+                        match self.refund(claim, &e, &record, needs_reconcile).await {
+                            Ok(()) => attempts -= 1,
+                            Err(se) => return store_trouble(se),
                         }
                         e
                     }
@@ -529,7 +572,7 @@ impl Worker {
                     }
                 }
             } else {
-                let result = rt.provider.find(body, &request_id).await;
+                let result = Delivery::with_slot(rt.provider.find(body, &request_id)).await;
                 let record = attempt("lookup", started_at, clock.elapsed(), &result);
                 match result {
                     Ok(Lookup::Ours { id }) => {
@@ -573,10 +616,10 @@ impl Worker {
                         }
                         continue;
                     }
-                    Err(e) if e.class == ErrorClass::Throttled => {
-                        attempts -= 1;
-                        if let Err(se) = self.store.refund_call(claim, needs_reconcile).await {
-                            return store_trouble(se);
+                    Err(e) if is_throttling(&e) => {
+                        match self.refund(claim, &e, &record, needs_reconcile).await {
+                            Ok(()) => attempts -= 1,
+                            Err(se) => return store_trouble(se),
                         }
                         e
                     }
@@ -606,7 +649,7 @@ impl Worker {
                     .settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, Some(&error)), None, attempts)
                     .await;
             }
-            let delay = if error.class == ErrorClass::Throttled {
+            let delay = if is_throttling(&error) {
                 error.retry_after.unwrap_or(Duration::from_secs(1))
             } else {
                 METRICS.upstream_retries.inc();
@@ -628,6 +671,21 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Gives back the attempt a throttled call took; a 429 that was answered stays in the
+    /// history.
+    async fn refund(
+        &self,
+        claim: &Claim,
+        e: &CallError,
+        record: &AttemptRecord,
+        needs_reconcile: bool,
+    ) -> Result<(), StoreError> {
+        if e.status.is_some() {
+            self.store.record_attempt(claim, record).await?;
+        }
+        self.store.refund_call(claim, needs_reconcile).await
     }
 
     /// Writes the outcome, attempt, event and outbox row in one fenced transaction.
@@ -655,7 +713,8 @@ impl Worker {
                         template: p.template.clone(),
                         template_version: p.template_version.clone(),
                         organization_id: organization_id.clone(),
-                        organization_name: p.natural_key.clone(),
+                        // The name the request asked for (a provider's natural key may be an id).
+                        organization_name: p.spec["name"].as_str().unwrap_or(&p.natural_key).to_owned(),
                         created: *created,
                         attempts,
                         completed_at: now,
@@ -683,6 +742,7 @@ impl Worker {
         loop {
             match self.store.settle(claim, &outcome, record.as_ref(), &event).await {
                 Ok(()) => {
+                    crash_at(CrashPoint::AfterCommit);
                     self.relay_wake.notify_one();
                     tracing::info!(event_type = event.event_type, event_id = %event.id, "settled");
                     return Disposition::Ack;
@@ -748,6 +808,12 @@ fn prepare(
         spec: serde_json::to_value(&spec).unwrap_or(Value::Null),
         body,
     })
+}
+
+/// Rate limiting (ours, or the upstream's 429) delays a request; it does not use up its
+/// attempts.
+fn is_throttling(e: &CallError) -> bool {
+    e.class == ErrorClass::Throttled || (e.class == ErrorClass::Retryable && e.status == Some(429))
 }
 
 fn failure(code: ErrorCode, message: String, e: Option<&CallError>) -> Outcome {

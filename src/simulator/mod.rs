@@ -9,7 +9,11 @@
 //! the `orgprov simulate` CLI and other processes.
 
 mod auth0;
+mod biot;
 mod faults;
+mod logto;
+mod secureauth;
+mod stytch;
 
 pub use faults::{Faults, RateLimit, ScriptedFault};
 
@@ -50,8 +54,13 @@ struct ProviderSpec {
 }
 
 /// The one place providers are registered. Adding a provider = one module + one entry.
-const PROVIDERS: &[ProviderSpec] =
-    &[ProviderSpec { name: "auth0", routes: auth0::routes, normalize_seed: auth0::normalize_seed }];
+const PROVIDERS: &[ProviderSpec] = &[
+    ProviderSpec { name: "auth0", routes: auth0::routes, normalize_seed: auth0::normalize_seed },
+    ProviderSpec { name: "biot", routes: biot::routes, normalize_seed: biot::normalize_seed },
+    ProviderSpec { name: "logto", routes: logto::routes, normalize_seed: logto::normalize_seed },
+    ProviderSpec { name: "secureauth", routes: secureauth::routes, normalize_seed: secureauth::normalize_seed },
+    ProviderSpec { name: "stytch", routes: stytch::routes, normalize_seed: stytch::normalize_seed },
+];
 
 fn provider_spec(name: &str) -> Option<&'static ProviderSpec> {
     PROVIDERS.iter().find(|spec| spec.name == name)
@@ -103,6 +112,31 @@ pub struct RecordedRequest {
     /// API calls: a currently valid bearer token was presented. Token calls: the client
     /// credentials were accepted.
     pub authorized: bool,
+    /// When the answer was sent.
+    #[serde(with = "time::serde::rfc3339")]
+    pub answered_at: time::OffsetDateTime,
+    /// For a 429: the time it told the client to wait until (`Retry-After`, else
+    /// `x-ratelimit-reset`), so tests can check no call came before it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub retry_at: Option<time::OffsetDateTime>,
+}
+
+/// The time a 429 names: `Retry-After` (seconds or HTTP date), else `x-ratelimit-reset`.
+fn named_retry_time(response: &Response, answered_at: time::OffsetDateTime) -> Option<time::OffsetDateTime> {
+    if response.status() != StatusCode::TOO_MANY_REQUESTS {
+        return None;
+    }
+    let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(v) = header("retry-after") {
+        if let Ok(secs) = v.parse::<i64>() {
+            return Some(answered_at + time::Duration::seconds(secs));
+        }
+        if let Ok(date) = httpdate::parse_http_date(v) {
+            return Some(time::OffsetDateTime::from(date));
+        }
+    }
+    let reset = header("x-ratelimit-reset")?.parse::<i64>().ok()?;
+    time::OffsetDateTime::from_unix_timestamp(reset).ok()
 }
 
 /// A running simulator. Dropping it stops the server too; `shutdown` does so gracefully.
@@ -458,7 +492,19 @@ async fn record_request(State(state): State<Arc<SimState>>, req: Request, next: 
         let status = if dropped { 0 } else { response.status().as_u16() };
         let peer = connection.as_ref().map(|conn| conn.remote);
         tracing::debug!(%provider, %method, %path, status, ?peer, "simulator served request");
-        task_state.record(RecordedRequest { provider, method, path, status, at, idempotency_key, authorized });
+        let answered_at = time::OffsetDateTime::now_utc();
+        let retry_at = named_retry_time(&response, answered_at);
+        task_state.record(RecordedRequest {
+            provider,
+            method,
+            path,
+            status,
+            at,
+            idempotency_key,
+            authorized,
+            answered_at,
+            retry_at,
+        });
         response
     });
     match task.await {

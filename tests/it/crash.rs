@@ -2,98 +2,32 @@
 //! exactly once, with at most one organization each.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 
 use orgprov::simulator::{Faults, SimulatorConfig};
 
-use crate::helpers::{SECRET_VAR, TARGET, TestEnv, pg_base_url};
-
-fn config_file(env: &TestEnv, dir: &std::path::Path) -> std::path::PathBuf {
-    let n = &env.settings.nats;
-    let text = format!(
-        r#"templates_dir = "{templates}"
-[nats]
-url = "{nats}"
-subject_prefix = "{prefix}"
-requests_stream = "{requests}"
-events_stream = "{events}"
-consumer = "{consumer}"
-ack_wait_secs = 8
-[postgres]
-url = "{pg}"
-max_connections = 8
-[worker]
-max_in_flight = 16
-lease_secs = 4
-max_inline_wait_secs = 2
-[targets.{target}]
-provider = "auth0"
-base_url = "{base}"
-client_id = "orgprov-sim"
-client_secret_env = "{secret_var}"
-timeout_ms = 3000
-rate_limit = {{ per_second = 500.0, burst = 50 }}
-"#,
-        templates = env.settings.templates_dir.display(),
-        nats = n.url,
-        prefix = n.subject_prefix,
-        requests = n.requests_stream,
-        events = n.events_stream,
-        consumer = n.consumer,
-        pg = env.settings.postgres.url,
-        target = TARGET,
-        base = env.sim.base_url("auth0"),
-        secret_var = SECRET_VAR,
-    );
-    let path = dir.join("orgprov.toml");
-    std::fs::write(&path, text).unwrap();
-    let _ = pg_base_url();
-    path
-}
-
-fn spawn_worker(env: &TestEnv, config: &std::path::Path) -> Child {
-    // The log lands beside the config, for a look when the test fails.
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(config.with_extension("log")).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_orgprov"))
-        .args(["--config", config.to_str().unwrap(), "worker"])
-        .env(SECRET_VAR, env.secret())
-        .env("ORGPROV_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("worker process starts")
-}
+use crate::helpers::TestEnv;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_batch_and_restarted_finishes_every_request_exactly_once() {
     // Latency keeps calls in flight when the kill lands; lost responses exercise reconcile.
     let faults = Faults { latency_ms: 40, latency_jitter_ms: 40, lost_response_rate: 0.05, ..Faults::default() };
     let env = TestEnv::with_simulator(SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_file(&env, dir.path());
-    let mut worker = spawn_worker(&env, &config);
+    let mut worker = env.worker_process(&[]);
 
     let n = 150;
     let ids: Vec<String> = (0..n).map(|i| env.id(i)).collect();
     for (i, id) in ids.iter().enumerate() {
         env.publish_json(&env.request(id, &env.name(i)), Some(id)).await;
     }
-    let log = config.with_extension("log");
     let started = env.try_wait_until(60, |env| env.events().len() >= n / 3).await;
-    assert!(
-        started,
-        "a third of the batch did not settle; worker log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    worker.kill().unwrap(); // SIGKILL
-    worker.wait().unwrap();
+    assert!(started, "a third of the batch did not settle; worker log:\n{}", env.worker_log());
+    worker.kill(); // SIGKILL
     let at_kill = env.events().len();
     assert!(at_kill < n, "the kill must land mid-batch ({at_kill} of {n} done)");
 
-    let mut worker = spawn_worker(&env, &config);
+    let mut worker = env.worker_process(&[]);
     let outcomes = env.outcomes(&ids, 120).await;
-    worker.kill().unwrap();
-    worker.wait().unwrap();
+    worker.kill();
 
     assert!(outcomes.values().all(|e| e.json["type"] == "org.provisioned"), "every request provisioned");
     // Exactly one terminal state per request in Postgres.

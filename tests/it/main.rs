@@ -2,6 +2,16 @@
 //! One test binary (zero2prod style); each module is a group of user stories.
 
 mod bad_input;
+mod chaos;
 mod crash;
+mod deploy;
 mod helpers;
+mod mixed;
 mod pipeline;
+mod providers_biot;
+mod providers_logto;
+mod providers_secureauth;
+mod providers_stytch;
+mod reconnect;
+mod reliability;
+mod servers;

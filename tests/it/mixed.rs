@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use orgprov::config::TargetSettings;
-use orgprov::simulator::SimulatorConfig;
+use orgprov::simulator::{ScriptedFault, SimulatorConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestEnv, target_settings};
@@ -31,8 +31,8 @@ fn request(env: &TestEnv, provider: &str, i: usize) -> (String, Value) {
     (id, body)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn five_providers_interleaved_in_one_worker_all_end_correctly() {
+/// An environment with one target per provider (`mixed-<provider>`).
+async fn five_targets() -> TestEnv {
     let config =
         SimulatorConfig { providers: PROVIDERS.iter().map(|p| p.to_string()).collect(), ..SimulatorConfig::default() };
     let mut env = TestEnv::with_simulator(config).await;
@@ -50,6 +50,12 @@ async fn five_providers_interleaved_in_one_worker_all_end_correctly() {
         "secureauth",
         json!({ "id": "b2b-customer-template", "name": "b2b-customer-template", "template": true }),
     );
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_providers_interleaved_in_one_worker_all_end_correctly() {
+    let env = five_targets().await;
     let worker = env.start_worker().await;
 
     let per_provider = 8;
@@ -72,6 +78,31 @@ async fn five_providers_interleaved_in_one_worker_all_end_correctly() {
         }
         assert_eq!(env.sim.organizations(p).len() - usize::from(p == "secureauth"), per_provider, "{p}");
         assert_exactly_once_for(&env, p, &ids[p]).await;
+    }
+    worker.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_response_then_a_late_commit_gives_one_organization_for_every_provider_with_a_unique_key() {
+    let env = five_targets().await;
+    // The create answers 5xx and its organization appears 1.5 s later, after the retry's lookup
+    // found nothing; the retry's create is held upstream until then, so it meets the late one.
+    let unique_key = ["auth0", "secureauth", "stytch", "biot"];
+    for p in unique_key {
+        env.sim.push_script(p, vec![ScriptedFault::LateCommit { delay_ms: 1_500 }, ScriptedFault::Hang { ms: 1_700 }]);
+    }
+    let worker = env.start_worker().await;
+    let mut ids = Vec::new();
+    for p in unique_key {
+        let (id, body) = request(&env, p, 0);
+        env.publish_json(&body, Some(&id)).await;
+        ids.push((p, id));
+    }
+    for (p, id) in &ids {
+        assert_exactly_once_for(&env, p, std::slice::from_ref(id)).await;
+        let orgs = env.sim.organizations(p).len() - usize::from(*p == "secureauth");
+        assert_eq!(orgs, 1, "{p}: one organization");
     }
     worker.stop().await.unwrap();
     env.cleanup().await;

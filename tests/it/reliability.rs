@@ -398,3 +398,25 @@ async fn retention_sweeps_published_outbox_rows_and_old_attempts_but_never_unsen
     assert_eq!(attempts, 1);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_exits_at_once_and_the_request_still_ends_once() {
+    let env = TestEnv::new().await;
+    env.sim.push_script("auth0", vec![ScriptedFault::Hang { ms: 1_500 }]);
+    let mut worker = env.worker_process(&[]);
+    let id = env.id("twice");
+    env.publish_json(&env.request(&id, &env.name("twice")), Some(&id)).await;
+    env.wait_until(30, "the create is on the wire", |env| {
+        env.sim.requests().iter().any(|r| r.path.ends_with("/oauth/token"))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    worker.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    worker.signal("TERM");
+    let status = worker.wait_exit(3).await.expect("the second signal ends the process at once");
+    assert_eq!(status.code(), Some(130));
+    let _next = env.worker_process(&[]);
+    assert_exactly_once(&env, std::slice::from_ref(&id)).await;
+    env.cleanup().await;
+}

@@ -269,6 +269,30 @@ pub struct Target {
     pub retry: RetrySettings,
 }
 
+impl Target {
+    /// A target for unit tests of provider code: an unreachable base URL, defaults elsewhere.
+    #[cfg(test)]
+    pub fn for_tests(kind: ProviderKind) -> Target {
+        Target {
+            name: "t".into(),
+            kind,
+            base_url: "http://127.0.0.1:9".into(),
+            token_url: None,
+            audience: None,
+            tenant: None,
+            scope: None,
+            resource: None,
+            ownership_attribute: None,
+            client_id: "c".into(),
+            client_secret: SecretString::from("s"),
+            timeout: Duration::from_secs(1),
+            max_in_flight: 1,
+            rate_limit: RateLimitSettings::default(),
+            retry: RetrySettings::default(),
+        }
+    }
+}
+
 impl Settings {
     /// Loads `path` (if given) and applies the `ORGPROV_*` variables of `env`.
     pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Settings, ConfigError> {

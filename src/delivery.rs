@@ -135,6 +135,12 @@ impl Delivery {
         Ok(Delivery { client, admission, max_wait, retry: RetryPolicy::from(target.retry) })
     }
 
+    /// A delivery without any rate limit, for unit tests of provider code.
+    #[cfg(test)]
+    pub fn unlimited(target: &Target) -> Arc<Delivery> {
+        Arc::new(Delivery::new(target, Arc::new(Unlimited), Duration::from_secs(1)).expect("test client builds"))
+    }
+
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }

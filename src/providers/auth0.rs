@@ -21,7 +21,7 @@ use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 
-use super::token::{TokenCache, bearer, expires_in};
+use super::token::{TokenCache, expires_in};
 use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
 use crate::config::{Target, TargetSettings};
 use crate::contract::{ErrorCode, RequestId};
@@ -102,18 +102,7 @@ impl Auth0 {
 
     /// Sends an authorized `/api/v2` call; a 401 refreshes the token once and resends.
     async fn call(&self, build: impl Fn(&str) -> reqwest::RequestBuilder, what: &str) -> Result<Response, CallError> {
-        let mut refreshed = false;
-        loop {
-            let token = self.tokens.get(|| self.fetch_token()).await?;
-            let response =
-                self.delivery.send(build(&bearer(&token))).await.map_err(|e| CallError::from_send(e, what))?;
-            if response.status == 401 && !refreshed {
-                self.tokens.invalidate(token.generation).await;
-                refreshed = true;
-                continue;
-            }
-            return Ok(response);
-        }
+        self.tokens.send_authorized(&self.delivery, || self.fetch_token(), build, what).await
     }
 
     fn classify(&self, response: &Response, what: &str) -> CallError {
@@ -311,30 +300,12 @@ impl Provider for Auth0 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RateLimitSettings, RetrySettings};
     use crate::contract::Branding;
     use std::collections::BTreeMap;
 
     fn auth0() -> Auth0 {
-        let target = Target {
-            name: "t".into(),
-            kind: ProviderKind::Auth0,
-            base_url: "http://127.0.0.1:9".into(),
-            token_url: None,
-            audience: None,
-            tenant: None,
-            scope: None,
-            resource: None,
-            ownership_attribute: None,
-            client_id: "c".into(),
-            client_secret: SecretString::from("s"),
-            timeout: Duration::from_secs(1),
-            max_in_flight: 1,
-            rate_limit: RateLimitSettings::default(),
-            retry: RetrySettings::default(),
-        };
-        let delivery = Delivery::new(&target, Arc::new(crate::delivery::Unlimited), Duration::from_secs(1)).unwrap();
-        Auth0::new(&target, Arc::new(delivery))
+        let target = Target::for_tests(ProviderKind::Auth0);
+        Auth0::new(&target, Delivery::unlimited(&target))
     }
 
     fn spec(name: &str) -> OrgSpec {

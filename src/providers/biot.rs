@@ -41,7 +41,7 @@ use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 
-use super::token::{TokenCache, bearer};
+use super::token::TokenCache;
 use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
 use crate::config::{Target, TargetSettings};
 use crate::contract::{ErrorCode, RequestId};
@@ -169,18 +169,7 @@ impl Biot {
 
     /// Sends an authorized call; a 401 (`TOKEN_NOT_VALID`) refreshes the token once and resends.
     async fn call(&self, build: impl Fn(&str) -> reqwest::RequestBuilder, what: &str) -> Result<Response, CallError> {
-        let mut refreshed = false;
-        loop {
-            let token = self.tokens.get(|| self.fetch_token()).await?;
-            let response =
-                self.delivery.send(build(&bearer(&token))).await.map_err(|e| CallError::from_send(e, what))?;
-            if response.status == 401 && !refreshed {
-                self.tokens.invalidate(token.generation).await;
-                refreshed = true;
-                continue;
-            }
-            return Ok(response);
-        }
+        self.tokens.send_authorized(&self.delivery, || self.fetch_token(), build, what).await
     }
 
     fn classify(&self, response: &Response, what: &str) -> CallError {
@@ -575,30 +564,13 @@ impl Provider for Biot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RateLimitSettings, RetrySettings};
     use crate::contract::{Admin, Branding};
     use std::collections::BTreeMap;
 
     fn biot(attribute: Option<&str>) -> Biot {
-        let target = Target {
-            name: "t".into(),
-            kind: ProviderKind::Biot,
-            base_url: "http://127.0.0.1:9".into(),
-            token_url: None,
-            audience: None,
-            tenant: None,
-            scope: None,
-            resource: None,
-            ownership_attribute: attribute.map(str::to_owned),
-            client_id: "c".into(),
-            client_secret: SecretString::from("s"),
-            timeout: Duration::from_secs(1),
-            max_in_flight: 1,
-            rate_limit: RateLimitSettings::default(),
-            retry: RetrySettings::default(),
-        };
-        let delivery = Delivery::new(&target, Arc::new(crate::delivery::Unlimited), Duration::from_secs(1)).unwrap();
-        Biot::new(&target, Arc::new(delivery))
+        let target =
+            Target { ownership_attribute: attribute.map(str::to_owned), ..Target::for_tests(ProviderKind::Biot) };
+        Biot::new(&target, Delivery::unlimited(&target))
     }
 
     fn admin() -> Admin {

@@ -41,7 +41,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::token::{TokenCache, bearer, expires_in};
+use super::token::{TokenCache, expires_in};
 use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
 use crate::config::{Target, TargetSettings};
 use crate::contract::{ErrorCode, RequestId};
@@ -161,18 +161,7 @@ impl SecureAuth {
 
     /// Sends an authorized System API call; a 401 refreshes the token once and resends.
     async fn call(&self, build: impl Fn(&str) -> reqwest::RequestBuilder, what: &str) -> Result<Response, CallError> {
-        let mut refreshed = false;
-        loop {
-            let token = self.tokens.get(|| self.fetch_token()).await?;
-            let response =
-                self.delivery.send(build(&bearer(&token))).await.map_err(|e| CallError::from_send(e, what))?;
-            if response.status == 401 && !refreshed {
-                self.tokens.invalidate(token.generation).await;
-                refreshed = true;
-                continue;
-            }
-            return Ok(response);
-        }
+        self.tokens.send_authorized(&self.delivery, || self.fetch_token(), build, what).await
     }
 
     fn classify(&self, response: &Response, what: &str) -> CallError {
@@ -428,7 +417,6 @@ impl Provider for SecureAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RateLimitSettings, RetrySettings};
     use crate::contract::Branding;
     use std::collections::BTreeMap;
 
@@ -440,27 +428,15 @@ mod tests {
     fn target() -> Target {
         Target {
             name: "acme-secureauth".into(),
-            kind: ProviderKind::SecureAuth,
             base_url: "https://acme.us.connect.secureauth.com".into(),
-            token_url: None,
-            audience: None,
             tenant: Some("acme".into()),
-            scope: None,
-            resource: None,
-            ownership_attribute: None,
-            client_id: "c".into(),
-            client_secret: SecretString::from("s"),
-            timeout: Duration::from_secs(1),
-            max_in_flight: 1,
-            rate_limit: RateLimitSettings::default(),
-            retry: RetrySettings::default(),
+            ..Target::for_tests(ProviderKind::SecureAuth)
         }
     }
 
     fn secureauth() -> SecureAuth {
         let target = target();
-        let delivery = Delivery::new(&target, Arc::new(crate::delivery::Unlimited), Duration::from_secs(1)).unwrap();
-        SecureAuth::new(&target, Arc::new(delivery))
+        SecureAuth::new(&target, Delivery::unlimited(&target))
     }
 
     fn spec(name: &str) -> OrgSpec {

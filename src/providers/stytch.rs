@@ -417,9 +417,7 @@ impl Provider for Stytch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{RateLimitSettings, RetrySettings};
     use crate::contract::{Branding, ErrorCode};
-    use std::time::Duration;
 
     const CREATE_REQUEST: &str = include_str!("../../tests/fixtures/stytch/create_request.json");
     const CREATE_RESPONSE: &str = include_str!("../../tests/fixtures/stytch/create_response.json");
@@ -430,23 +428,11 @@ mod tests {
     fn stytch() -> Stytch {
         let target = Target {
             name: "acme-stytch".into(),
-            kind: ProviderKind::Stytch,
             base_url: "https://test.stytch.com".into(),
-            token_url: None,
-            audience: None,
-            tenant: None,
-            scope: None,
-            resource: None,
-            ownership_attribute: None,
             client_id: "project-test-1".into(),
-            client_secret: SecretString::from("s"),
-            timeout: Duration::from_secs(1),
-            max_in_flight: 1,
-            rate_limit: RateLimitSettings::default(),
-            retry: RetrySettings::default(),
+            ..Target::for_tests(ProviderKind::Stytch)
         };
-        let delivery = Delivery::new(&target, Arc::new(crate::delivery::Unlimited), Duration::from_secs(1)).unwrap();
-        Stytch::new(&target, Arc::new(delivery))
+        Stytch::new(&target, Delivery::unlimited(&target))
     }
 
     fn spec(name: &str, display: &str) -> OrgSpec {

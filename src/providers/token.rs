@@ -13,6 +13,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::CallError;
+use crate::delivery::{Delivery, Response};
 
 struct Cached {
     token: SecretString,
@@ -65,6 +66,35 @@ impl TokenCache {
     /// How many tokens were fetched so far.
     pub fn fetches(&self) -> u64 {
         self.fetches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl TokenCache {
+    /// Sends a call with `Authorization: Bearer <token>` through `delivery`; a 401
+    /// invalidates the token, fetches a new one (single-flight) and resends once. A second
+    /// 401 is returned to the caller, which maps it to `unauthorized`.
+    pub async fn send_authorized<F, Fut>(
+        &self,
+        delivery: &Delivery,
+        fetch: F,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<Response, CallError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(SecretString, Duration), CallError>>,
+    {
+        let mut refreshed = false;
+        loop {
+            let token = self.get(&fetch).await?;
+            let response = delivery.send(build(&bearer(&token))).await.map_err(|e| CallError::from_send(e, what))?;
+            if response.status == 401 && !refreshed {
+                self.invalidate(token.generation).await;
+                refreshed = true;
+                continue;
+            }
+            return Ok(response);
+        }
     }
 }
 

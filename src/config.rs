@@ -118,7 +118,8 @@ pub struct WorkerSettings {
     pub max_in_flight: usize,
     /// Claim lease; renewed by a heartbeat while the work goes on.
     pub lease_secs: u64,
-    /// Provider calls per request (creates and lookups after ambiguity) before `exhausted`.
+    /// Create attempts per request before `exhausted` (lookups and rate-limited calls do not
+    /// count; the per-target retry deadline bounds them).
     pub max_attempts: u32,
     /// Waits longer than this hand the message back with a delayed NAK instead of holding it.
     pub max_inline_wait_secs: u64,
@@ -236,7 +237,7 @@ impl Default for RateLimitSettings {
 pub struct RetrySettings {
     pub base_delay_ms: u64,
     pub max_delay_ms: u64,
-    /// Upstream calls per request for this target; `worker.max_attempts` when absent.
+    /// Create attempts per request for this target; `worker.max_attempts` when absent.
     pub max_attempts: Option<u32>,
     /// Overall time a request (one generation) may spend retrying before it is `exhausted`.
     pub deadline_secs: u64,

@@ -50,11 +50,6 @@ pub enum SendError {
     Throttled(Duration),
 }
 
-tokio::task_local! {
-    /// Set by [`Delivery::with_slot`]: the next counted send already holds a slot.
-    static PREADMITTED: std::cell::Cell<bool>;
-}
-
 /// Decides when a call to a target may go out.
 pub trait Admission: Send + Sync {
     /// `Ok(None)`: go now (a slot was taken). `Ok(Some(wait))`: try again after `wait`.
@@ -63,6 +58,8 @@ pub trait Admission: Send + Sync {
     fn pause(&self, wait: Duration) -> BoxFuture<'_, ()>;
     /// How long the target is paused for (zero when it is not).
     fn paused_for(&self) -> BoxFuture<'_, Duration>;
+    /// How long until a slot would be granted (pause included), taking nothing.
+    fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>>;
 }
 
 /// Admission shared by all replicas: a GCRA bucket and the pause, both rows in Postgres.
@@ -73,14 +70,23 @@ pub struct PgAdmission {
     pub burst: u32,
 }
 
+impl PgAdmission {
+    /// The upstream counts arrivals, and calls granted a slot apart can arrive closer
+    /// together (scheduling, connection reuse). Up to 100 ms worth of calls (at least one,
+    /// leaving at least one) of the burst are kept as headroom for that jitter.
+    fn effective_burst(&self) -> u32 {
+        let headroom = ((self.per_second * 0.1).ceil() as u32).clamp(1, self.burst.saturating_sub(1).max(1));
+        self.burst.saturating_sub(headroom).max(1)
+    }
+}
+
 impl Admission for PgAdmission {
     fn acquire(&self) -> BoxFuture<'_, Result<Option<Duration>, String>> {
         async move {
-            // One slot of the burst is kept as headroom: calls granted a slot apart can reach
-            // the upstream closer together (scheduling, connection set-up), and the upstream
-            // counts arrivals.
-            let burst = self.burst.saturating_sub(1).max(1);
-            self.store.acquire_slot(&self.target, self.per_second, burst).await.map_err(|e| e.to_string())
+            self.store
+                .acquire_slot(&self.target, self.per_second, self.effective_burst())
+                .await
+                .map_err(|e| e.to_string())
         }
         .boxed()
     }
@@ -97,6 +103,16 @@ impl Admission for PgAdmission {
     fn paused_for(&self) -> BoxFuture<'_, Duration> {
         async move { self.store.pause_remaining(&self.target).await.unwrap_or_default() }.boxed()
     }
+
+    fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>> {
+        async move {
+            self.store
+                .slot_ready_in(&self.target, self.per_second, self.effective_burst())
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
 }
 
 /// No limit at all (unit tests of provider code that never reaches the network).
@@ -111,6 +127,9 @@ impl Admission for Unlimited {
     }
     fn paused_for(&self) -> BoxFuture<'_, Duration> {
         async { Duration::ZERO }.boxed()
+    }
+    fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>> {
+        async { Ok(Duration::ZERO) }.boxed()
     }
 }
 
@@ -149,6 +168,24 @@ impl Delivery {
         &*self.admission
     }
 
+    /// Waits until a call could be admitted, without taking a slot. The worker waits here
+    /// before it records that a call starts, so waiting for the rate limit (or dying while
+    /// waiting) never uses up an attempt; [`Delivery::send`] then takes the slot.
+    pub async fn wait_ready(&self) -> Result<(), SendError> {
+        let mut waited = Duration::ZERO;
+        loop {
+            match self.admission.ready_in().await {
+                Ok(wait) if wait.is_zero() => return Ok(()),
+                Ok(wait) if waited + wait > self.max_wait => return Err(SendError::Throttled(wait)),
+                Ok(wait) => {
+                    waited += wait;
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(SendError::NotSent(format!("rate limiter unavailable: {e}"))),
+            }
+        }
+    }
+
     /// Waits for admission (the upstream's pause and a rate-limit slot) and takes a slot.
     /// Waits longer than the in-place limit come back as [`SendError::Throttled`].
     pub async fn admit(&self) -> Result<(), SendError> {
@@ -166,20 +203,12 @@ impl Delivery {
         }
     }
 
-    /// Runs `call` with a slot already taken by [`Delivery::admit`]: its first counted send
-    /// uses that slot instead of taking another. (The worker admits before it records that a
-    /// call starts, so time spent waiting for the rate limit never uses up an attempt.)
-    pub async fn with_slot<F: std::future::Future>(call: F) -> F::Output {
-        PREADMITTED.scope(std::cell::Cell::new(true), call).await
-    }
-
     /// Sends one call counted by the rate limit: waits for admission (the upstream's pause
     /// and a rate-limit slot), then sends. A 429 pauses the target for every replica.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
-        let preadmitted = PREADMITTED.try_with(|slot| slot.replace(false)).unwrap_or(false);
-        if !preadmitted {
-            self.admit().await?;
-        }
+        // The slot is taken right before sending: the upstream counts arrivals, so the gap
+        // between the grant and the request on the wire must stay as small as possible.
+        self.admit().await?;
         let response = self.send_unlimited(request).await?;
         if response.status == 429 {
             let wait = response.retry_after().unwrap_or(Duration::from_secs(1));

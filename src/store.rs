@@ -291,11 +291,13 @@ impl Store {
         })))
     }
 
-    /// Records that an upstream call is starting, under a live lease with our token. `false`
-    /// means the lease is lost and the call must not be made.
+    /// Records that an upstream call is starting, under a live lease with our token: a create
+    /// counts as an attempt and marks the request as needing a lookup before the next one.
+    /// `false` means the lease is lost and the call must not be made.
     pub async fn begin_call(&self, claim: &Claim, create: bool, lease: Duration) -> Result<bool, StoreError> {
         let updated = sqlx::query(
-            "UPDATE requests SET attempts = attempts + 1, needs_reconcile = needs_reconcile OR $3,
+            "UPDATE requests SET attempts = attempts + CASE WHEN $3 THEN 1 ELSE 0 END,
+                    needs_reconcile = needs_reconcile OR $3,
                     lease_expires_at = now() + make_interval(secs => $4), updated_at = now()
              WHERE request_id = $1 AND fencing_token = $2 AND state = 'active' AND lease_expires_at > now()",
         )
@@ -651,6 +653,23 @@ impl Store {
             // At least a millisecond, so a caller never spins.
             Ok(Some(Duration::from_secs_f64(wait.max(0.001))))
         }
+    }
+
+    /// How long until `acquire_slot` would grant a slot (pause included); takes nothing.
+    pub async fn slot_ready_in(&self, target: &str, per_second: f64, burst: u32) -> Result<Duration, StoreError> {
+        let wait: Option<f64> = sqlx::query_scalar(
+            "SELECT GREATEST(
+                        CASE WHEN paused_until > now() THEN EXTRACT(EPOCH FROM (paused_until - now())) ELSE 0 END,
+                        EXTRACT(EPOCH FROM (GREATEST(tat, now()) + make_interval(secs => $2 * (1 - $3)) - now())),
+                        0)::float8
+             FROM target_limits WHERE target = $1",
+        )
+        .bind(target)
+        .bind(1.0 / per_second)
+        .bind(f64::from(burst))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Duration::from_secs_f64(wait.unwrap_or(0.0)))
     }
 
     /// Pauses every call of `target`, on every replica, for `wait` from now (database time).

@@ -61,6 +61,7 @@ enum Disposition {
 pub struct Worker {
     settings: Settings,
     store: Store,
+    client: async_nats::Client,
     js: jetstream::Context,
     consumer: Consumer,
     targets: HashMap<String, Arc<TargetRuntime>>,
@@ -104,7 +105,7 @@ impl Worker {
             store.migrate().await?;
         }
         let client = bus::connect(&settings.nats.url).await?;
-        let js = bus::context(client);
+        let js = bus::context(client.clone());
         let consumer = bus::ensure_topology(&js, &settings.nats).await?;
         let mut runtimes = HashMap::new();
         let max_wait = Duration::from_secs(settings.worker.max_inline_wait_secs);
@@ -130,6 +131,7 @@ impl Worker {
         Ok(Worker {
             settings,
             store,
+            client,
             js,
             consumer,
             targets: runtimes,
@@ -179,6 +181,11 @@ impl Worker {
             tracing::warn!("grace period over: releasing in-flight requests");
             abandon.cancel();
             tracker.wait().await;
+        }
+        // Acks are buffered by the client: write them out before the process can exit, or
+        // finished requests would be delivered again.
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "could not flush acks to NATS");
         }
         relay_stop.cancel();
         let _ = relay.await;
@@ -463,7 +470,7 @@ impl Worker {
             }
             let out_of_time = tokio::time::Instant::now() >= deadline;
             if out_of_time && !needs_reconcile {
-                let message = format!("gave up after {attempts} upstream calls: the retry deadline passed");
+                let message = format!("gave up after {attempts} create attempts: the retry deadline passed");
                 return self
                     .settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, None), None, attempts)
                     .await;
@@ -471,7 +478,7 @@ impl Worker {
             let create = !needs_reconcile && attempts < max_attempts && !out_of_time;
             // Wait for the rate limit before the call is recorded as started, so waiting (or
             // dying while waiting) never uses up an attempt.
-            match rt.delivery.admit().await {
+            match rt.delivery.wait_ready().await {
                 Ok(()) => {}
                 Err(crate::delivery::SendError::Throttled(wait)) if wait > max_inline => {
                     let _ = self.store.release(claim).await;
@@ -508,13 +515,15 @@ impl Worker {
                 }
                 Err(e) => return store_trouble(e),
             }
-            attempts += 1;
+            if create {
+                attempts += 1;
+            }
             METRICS.upstream_calls.inc();
             let started_at = OffsetDateTime::now_utc();
             let clock = std::time::Instant::now();
             let error = if create {
                 crash_soon(CrashPoint::DuringCall, Duration::from_millis(20));
-                let result = Delivery::with_slot(rt.provider.create(body, &request_id)).await;
+                let result = rt.provider.create(body, &request_id).await;
                 if matches!(result, Ok(Created::New { .. })) {
                     crash_at(CrashPoint::AfterCreate);
                 }
@@ -572,7 +581,7 @@ impl Worker {
                     }
                 }
             } else {
-                let result = Delivery::with_slot(rt.provider.find(body, &request_id)).await;
+                let result = rt.provider.find(body, &request_id).await;
                 let record = attempt("lookup", started_at, clock.elapsed(), &result);
                 match result {
                     Ok(Lookup::Ours { id }) => {
@@ -608,7 +617,7 @@ impl Worker {
                         needs_reconcile = false;
                         if attempts >= max_attempts || tokio::time::Instant::now() >= deadline {
                             let message = format!(
-                                "gave up after {attempts} upstream calls; a final lookup found no organization"
+                                "gave up after {attempts} create attempts; a final lookup found no organization"
                             );
                             return self
                                 .settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, None), None, attempts)
@@ -617,9 +626,11 @@ impl Worker {
                         continue;
                     }
                     Err(e) if is_throttling(&e) => {
-                        match self.refund(claim, &e, &record, needs_reconcile).await {
-                            Ok(()) => attempts -= 1,
-                            Err(se) => return store_trouble(se),
+                        // Lookups are not counted; an answered 429 stays in the history.
+                        if e.status.is_some()
+                            && let Err(se) = self.store.record_attempt(claim, &record).await
+                        {
+                            return store_trouble(se);
                         }
                         e
                     }
@@ -644,7 +655,7 @@ impl Worker {
             };
             if (attempts >= max_attempts || tokio::time::Instant::now() >= deadline) && !needs_reconcile {
                 // Nothing can have been created by the calls that failed definitively.
-                let message = format!("gave up after {attempts} upstream calls; last error: {}", error.message);
+                let message = format!("gave up after {attempts} create attempts; last error: {}", error.message);
                 return self
                     .settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, Some(&error)), None, attempts)
                     .await;

@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use super::token::{TokenCache, expires_in};
 use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
 use crate::config::{Target, TargetSettings};
-use crate::contract::{ErrorCode, RequestId};
+use crate::contract::RequestId;
 use crate::delivery::{Delivery, Response};
 use crate::template::OrgSpec;
 
@@ -77,19 +77,8 @@ impl Auth0 {
             .await
             .map_err(|e| CallError::from_send(e, "token request").for_lookup())?;
         if response.status != 200 {
-            let mut e = CallError::from_status(
-                &response,
-                format!("token endpoint answered {}: {}", response.status, error_message(&response)),
-            );
-            // A refused client-credentials grant is an authorization failure, whatever status.
-            if matches!(response.status, 400..=404) {
-                e.class = ErrorClass::Permanent(if response.status == 403 {
-                    ErrorCode::Forbidden
-                } else {
-                    ErrorCode::Unauthorized
-                });
-            }
-            return Err(e.for_lookup());
+            let message = format!("token endpoint answered {}: {}", response.status, error_message(&response));
+            return Err(CallError::token_refused(&response, message, response.status == 403));
         }
         let v = response.json().unwrap_or(Value::Null);
         let token = v

@@ -134,17 +134,12 @@ impl Biot {
             .await
             .map_err(|e| CallError::from_send(e, "BioT service login").for_lookup())?;
         if !matches!(response.status, 200 | 201) {
-            let mut e = CallError::from_status(
-                &response,
-                format!("BioT service login answered {}: {}", response.status, error_text(&response)),
-            );
             // 403 LOGIN_FAILED (wrong id/secret) and 401 SERVICE_LOCKED both mean our
             // credentials are not accepted; retrying cannot fix either.
-            if matches!(response.status, 400..=404) {
-                e.class = ErrorClass::Permanent(ErrorCode::Unauthorized);
-            }
+            let message = format!("BioT service login answered {}: {}", response.status, error_text(&response));
+            let mut e = CallError::token_refused(&response, message, false);
             e.details = error_details(&response);
-            return Err(e.for_lookup());
+            return Err(e);
         }
         let v = response.json().unwrap_or(Value::Null);
         let token = v.get("accessToken").and_then(Value::as_str).ok_or_else(|| {

@@ -183,6 +183,17 @@ impl CallError {
         CallError { class, status: Some(status), message, retry_after: response.retry_after(), details: None }
     }
 
+    /// A token endpoint's refusal. A refused grant (400–404) is an authorization failure
+    /// whatever its status: `forbidden` when the client lacks a permission, `unauthorized`
+    /// otherwise; 429 and 5xx stay retryable. Never ambiguous: a token request creates nothing.
+    pub fn token_refused(response: &Response, message: String, forbidden: bool) -> CallError {
+        let mut e = CallError::from_status(response, message);
+        if matches!(response.status, 400..=404) {
+            e.class = ErrorClass::Permanent(if forbidden { ErrorCode::Forbidden } else { ErrorCode::Unauthorized });
+        }
+        e.for_lookup()
+    }
+
     /// Lookups change nothing upstream, so their failures are never ambiguous.
     pub fn for_lookup(mut self) -> CallError {
         if self.class == ErrorClass::Ambiguous {

@@ -136,21 +136,10 @@ impl SecureAuth {
             .await
             .map_err(|e| CallError::from_send(e, "token request").for_lookup())?;
         if response.status != 200 {
-            let mut e = CallError::from_status(
-                &response,
-                format!("token endpoint answered {}: {}", response.status, error_message(&response)),
-            );
-            // A refused grant is an authorization failure whatever the status; a scope the
-            // client was not granted is a permission problem.
-            if matches!(response.status, 400..=404) {
-                let invalid_scope = response.json().is_some_and(|v| v.get("error") == Some(&json!("invalid_scope")));
-                e.class = ErrorClass::Permanent(if response.status == 403 || invalid_scope {
-                    ErrorCode::Forbidden
-                } else {
-                    ErrorCode::Unauthorized
-                });
-            }
-            return Err(e.for_lookup());
+            // A scope the client was not granted is a permission problem.
+            let invalid_scope = response.json().is_some_and(|v| v.get("error") == Some(&json!("invalid_scope")));
+            let message = format!("token endpoint answered {}: {}", response.status, error_message(&response));
+            return Err(CallError::token_refused(&response, message, response.status == 403 || invalid_scope));
         }
         let (token, lifetime) =
             response.json().as_ref().and_then(parse_token).ok_or_else(|| {

@@ -739,22 +739,15 @@ fn validate_connections(connections: &Value) -> Result<(), Invalid> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{client, json_of, start_with};
     use std::net::SocketAddr;
     use std::time::Instant;
 
     use super::super::{Faults, RateLimit, Simulator, SimulatorConfig};
     use super::*;
 
-    async fn start_with(config: SimulatorConfig) -> Simulator {
-        Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.expect("simulator starts")
-    }
-
     async fn start() -> Simulator {
-        start_with(SimulatorConfig::default()).await
-    }
-
-    fn client() -> reqwest::Client {
-        super::super::test_http_client()
+        start_with(PROVIDER, SimulatorConfig::default()).await
     }
 
     async fn fetch_token(client: &reqwest::Client, base: &str) -> String {
@@ -791,10 +784,6 @@ mod tests {
             .send()
             .await
             .expect("lookup request")
-    }
-
-    async fn json_of(response: reqwest::Response) -> Value {
-        response.json().await.expect("json body")
     }
 
     #[tokio::test]
@@ -1166,7 +1155,7 @@ mod tests {
             faults: Faults { rate_limit: Some(RateLimit { per_second: 2.0, burst: 2 }), ..Faults::default() },
             ..SimulatorConfig::default()
         };
-        let sim = start_with(config).await;
+        let sim = start_with(PROVIDER, config).await;
         let base = sim.base_url("auth0");
         let client = client();
         let token = fetch_token(&client, &base).await;
@@ -1249,7 +1238,9 @@ mod tests {
 
     #[tokio::test]
     async fn revoked_expired_and_missing_tokens_get_401() {
-        let sim = start_with(SimulatorConfig { token_ttl: Duration::from_secs(1), ..SimulatorConfig::default() }).await;
+        let sim =
+            start_with(PROVIDER, SimulatorConfig { token_ttl: Duration::from_secs(1), ..SimulatorConfig::default() })
+                .await;
         let base = sim.base_url("auth0");
         let client = client();
         let token = fetch_token(&client, &base).await;

@@ -583,19 +583,10 @@ async fn get_organization(State(state): State<Arc<SimState>>, Path(id): Path<Str
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use super::super::testing::{client, start_with};
 
-    use super::super::{Faults, RateLimit, Simulator, SimulatorConfig};
+    use super::super::{Faults, RateLimit, SimulatorConfig};
     use super::*;
-
-    async fn start_with(config: SimulatorConfig) -> Simulator {
-        let config = SimulatorConfig { providers: vec![PROVIDER.to_owned()], ..config };
-        Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.expect("simulator starts")
-    }
-
-    fn client() -> reqwest::Client {
-        super::super::test_http_client()
-    }
 
     async fn login(client: &reqwest::Client, base: &str) -> Value {
         let response = client
@@ -647,7 +638,7 @@ mod tests {
 
     #[tokio::test]
     async fn login_create_search_and_uniqueness() {
-        let sim = start_with(SimulatorConfig::default()).await;
+        let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
         let wrong = client
@@ -694,7 +685,7 @@ mod tests {
 
     #[tokio::test]
     async fn validation_errors_use_biot_codes() {
-        let sim = start_with(SimulatorConfig::default()).await;
+        let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
         let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();
@@ -721,7 +712,7 @@ mod tests {
     #[tokio::test]
     async fn expired_tokens_and_faults() {
         let config = SimulatorConfig { token_ttl: Duration::from_millis(300), ..SimulatorConfig::default() };
-        let sim = start_with(config).await;
+        let sim = start_with(PROVIDER, config).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
         let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();
@@ -748,7 +739,7 @@ mod tests {
     #[tokio::test]
     async fn rate_limit_only_when_configured() {
         let faults = Faults { rate_limit: Some(RateLimit { per_second: 0.5, burst: 1 }), ..Faults::default() };
-        let sim = start_with(SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
+        let sim = start_with(PROVIDER, SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
         let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();

@@ -472,19 +472,10 @@ async fn get_organization(State(state): State<Arc<SimState>>, Path(id): Path<Str
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use super::super::testing::{client, start_with};
 
-    use super::super::{Faults, RateLimit, Simulator, SimulatorConfig};
+    use super::super::{Faults, RateLimit, SimulatorConfig};
     use super::*;
-
-    async fn start_with(config: SimulatorConfig) -> Simulator {
-        let config = SimulatorConfig { providers: vec![PROVIDER.to_owned()], ..config };
-        Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.expect("simulator starts")
-    }
-
-    fn client() -> reqwest::Client {
-        super::super::test_http_client()
-    }
 
     async fn token(client: &reqwest::Client, base: &str) -> String {
         let response = client
@@ -510,7 +501,7 @@ mod tests {
 
     #[tokio::test]
     async fn token_requires_basic_auth_resource_and_scope() {
-        let sim = start_with(SimulatorConfig::default()).await;
+        let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
         let in_body = client
@@ -539,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn names_are_not_unique_and_search_pages_with_total_number() {
-        let sim = start_with(SimulatorConfig::default()).await;
+        let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
         let token = token(&client, &base).await;
@@ -574,7 +565,7 @@ mod tests {
     #[tokio::test]
     async fn late_commit_lost_response_and_rate_limit() {
         let faults = Faults { rate_limit: Some(RateLimit { per_second: 20.0, burst: 200 }), ..Faults::default() };
-        let sim = start_with(SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
+        let sim = start_with(PROVIDER, SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
         let token = token(&client, &base).await;

@@ -782,14 +782,29 @@ impl Connected<IncomingStream<'_, KillableListener>> for ConnectionHandle {
     }
 }
 
-/// The HTTP client for this module's tests.
+/// Helpers shared by the provider modules' tests.
 #[cfg(test)]
-fn test_http_client() -> reqwest::Client {
-    // The crate builds reqwest with `rustls-no-provider`, and building any Client (even one that
-    // only speaks plain http) needs a process-wide crypto provider. A second install fails
-    // harmlessly, so every test can call this.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client")
+mod testing {
+    use super::*;
+
+    /// A simulator on a random loopback port serving `provider` only.
+    pub async fn start_with(provider: &str, config: SimulatorConfig) -> Simulator {
+        let config = SimulatorConfig { providers: vec![provider.to_owned()], ..config };
+        Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.expect("simulator starts")
+    }
+
+    /// The HTTP client for the tests.
+    pub fn client() -> reqwest::Client {
+        // The crate builds reqwest with `rustls-no-provider`, and building any Client (even one
+        // that only speaks plain http) needs a process-wide crypto provider. A second install
+        // fails harmlessly, so every test can call this.
+        crate::install_crypto_provider();
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client")
+    }
+
+    pub async fn json_of(response: reqwest::Response) -> Value {
+        response.json().await.expect("json body")
+    }
 }
 
 #[cfg(test)]
@@ -822,7 +837,7 @@ mod tests {
     #[tokio::test]
     async fn admin_api_round_trip() {
         let sim = start().await;
-        let client = test_http_client();
+        let client = testing::client();
         let root = format!("http://{}", sim.addr());
 
         let health = client.get(format!("{root}/_sim/health")).send().await.expect("health");

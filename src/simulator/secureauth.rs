@@ -624,7 +624,8 @@ async fn get_organization(
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use super::super::testing::{client, json_of, start_with};
+
     use std::time::Instant;
 
     use super::super::{Faults, RateLimit, Simulator, SimulatorConfig};
@@ -634,17 +635,8 @@ mod tests {
     const SEED_RESPONSE: &str = include_str!("../../tests/fixtures/secureauth/create_response.json");
     const TENANT: &str = "acme";
 
-    async fn start_with(config: SimulatorConfig) -> Simulator {
-        let config = SimulatorConfig { providers: vec![PROVIDER.to_owned()], ..config };
-        Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.expect("simulator starts")
-    }
-
     async fn start() -> Simulator {
-        start_with(SimulatorConfig::default()).await
-    }
-
-    fn client() -> reqwest::Client {
-        super::super::test_http_client()
+        start_with(PROVIDER, SimulatorConfig::default()).await
     }
 
     async fn token_response(client: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> reqwest::Response {
@@ -685,10 +677,6 @@ mod tests {
             .send()
             .await
             .expect("lookup request")
-    }
-
-    async fn json_of(response: reqwest::Response) -> Value {
-        response.json().await.expect("json body")
     }
 
     fn seed_template(sim: &Simulator) {
@@ -957,7 +945,7 @@ mod tests {
             faults: Faults { rate_limit: Some(RateLimit { per_second: 0.5, burst: 2 }), ..Faults::default() },
             ..SimulatorConfig::default()
         };
-        let sim = start_with(config).await;
+        let sim = start_with(PROVIDER, config).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
         let token = fetch_token(&client, &base).await;
@@ -987,7 +975,9 @@ mod tests {
 
     #[tokio::test]
     async fn expired_revoked_and_missing_tokens_get_401() {
-        let sim = start_with(SimulatorConfig { token_ttl: Duration::from_secs(1), ..SimulatorConfig::default() }).await;
+        let sim =
+            start_with(PROVIDER, SimulatorConfig { token_ttl: Duration::from_secs(1), ..SimulatorConfig::default() })
+                .await;
         let base = sim.base_url(PROVIDER);
         let client = client();
         let token = fetch_token(&client, &base).await;

@@ -525,7 +525,7 @@ async fn get_organization(
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
+    use super::super::testing::{client, json_of, start_with};
 
     use super::super::{Faults, Simulator, SimulatorConfig};
     use super::*;
@@ -533,17 +533,8 @@ mod tests {
     const SEED_REQUEST: &str = include_str!("../../tests/fixtures/stytch/create_request.json");
     const SEED_RESPONSE: &str = include_str!("../../tests/fixtures/stytch/create_response.json");
 
-    async fn start_with(config: SimulatorConfig) -> Simulator {
-        let config = SimulatorConfig { providers: vec![PROVIDER.to_owned()], ..config };
-        Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.expect("simulator starts")
-    }
-
     async fn start() -> Simulator {
-        start_with(SimulatorConfig::default()).await
-    }
-
-    fn client() -> reqwest::Client {
-        super::super::test_http_client()
+        start_with(PROVIDER, SimulatorConfig::default()).await
     }
 
     async fn create(client: &reqwest::Client, base: &str, body: Value) -> reqwest::Response {
@@ -563,10 +554,6 @@ mod tests {
             .send()
             .await
             .expect("lookup request")
-    }
-
-    async fn json_of(response: reqwest::Response) -> Value {
-        response.json().await.expect("json body")
     }
 
     fn keys(v: &Value) -> Vec<String> {
@@ -760,7 +747,7 @@ mod tests {
             faults: Faults { rate_limit: Some(RateLimit { per_second: 100.0, burst: 2 }), ..Faults::default() },
             ..SimulatorConfig::default()
         };
-        let sim = start_with(config).await;
+        let sim = start_with(PROVIDER, config).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
         // Start just after the top of a second so all three calls fall in one window.

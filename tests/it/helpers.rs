@@ -44,6 +44,20 @@ pub fn target_settings(provider: &str, base_url: &str) -> TargetSettings {
     }
 }
 
+/// The upstream calls recorded for `id`, in order: (`create` | `lookup`, HTTP status).
+pub async fn calls(env: &TestEnv, id: &str) -> Vec<(String, Option<i32>)> {
+    sqlx::query_as("SELECT call, status_code FROM attempts WHERE request_id = $1 ORDER BY id")
+        .bind(id)
+        .fetch_all(&env.db)
+        .await
+        .unwrap()
+}
+
+/// [`calls`] in a shape that compares with literals.
+pub fn calls_of(list: &[(String, Option<i32>)]) -> Vec<(&str, Option<i32>)> {
+    list.iter().map(|(c, s)| (c.as_str(), *s)).collect()
+}
+
 pub struct TestEnv {
     pub run: String,
     /// Config and log files of worker processes.

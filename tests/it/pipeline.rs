@@ -3,7 +3,7 @@
 use orgprov::simulator::ScriptedFault;
 use serde_json::json;
 
-use crate::helpers::TestEnv;
+use crate::helpers::{TestEnv, calls, calls_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_requests_become_n_provisioned_events_and_n_organizations() {
@@ -138,15 +138,9 @@ async fn an_upstream_400_fails_as_rejected_with_the_upstream_message_and_5xx_is_
     let outcome = env.outcomes(std::slice::from_ref(&retried), 30).await.remove(&retried).unwrap();
     assert_eq!(outcome.json["type"], "org.provisioned");
     assert_eq!(env.orgs_named(&env.name("retried")), 1);
-    let calls: Vec<(String, Option<i32>)> =
-        sqlx::query_as("SELECT call, status_code FROM attempts WHERE request_id = $1 ORDER BY id")
-            .bind(&retried)
-            .fetch_all(&env.db)
-            .await
-            .unwrap();
     // 503 is ambiguous: the retry looks the name up before creating again.
-    let calls: Vec<(&str, Option<i32>)> = calls.iter().map(|(c, s)| (c.as_str(), *s)).collect();
-    assert_eq!(calls, vec![("create", Some(503)), ("lookup", Some(404)), ("create", Some(201))]);
+    let recorded = calls(&env, &retried).await;
+    assert_eq!(calls_of(&recorded), vec![("create", Some(503)), ("lookup", Some(404)), ("create", Some(201))]);
     worker.stop().await.unwrap();
     env.cleanup().await;
 }

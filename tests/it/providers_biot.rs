@@ -17,7 +17,7 @@ use orgprov::simulator::{ScriptedFault, SimulatorConfig};
 use orgprov::template::OrgSpec;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, target_settings};
+use crate::helpers::{TestEnv, calls, calls_of, target_settings};
 
 const TARGET: &str = "acme-biot";
 const PROVIDER: &str = "biot";
@@ -55,18 +55,6 @@ fn token_calls(env: &TestEnv) -> usize {
 
 fn orgs_named(env: &TestEnv, name: &str) -> Vec<Value> {
     env.sim.organizations(PROVIDER).into_iter().filter(|o| o["_name"] == json!(name)).collect()
-}
-
-async fn calls(env: &TestEnv, id: &str) -> Vec<(String, Option<i32>)> {
-    sqlx::query_as("SELECT call, status_code FROM attempts WHERE request_id = $1 ORDER BY id")
-        .bind(id)
-        .fetch_all(&env.db)
-        .await
-        .unwrap()
-}
-
-fn calls_of(list: &[(String, Option<i32>)]) -> Vec<(&str, Option<i32>)> {
-    list.iter().map(|(c, s)| (c.as_str(), *s)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

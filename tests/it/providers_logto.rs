@@ -21,7 +21,7 @@ use orgprov::simulator::{ScriptedFault, SimulatorConfig};
 use orgprov::template::OrgSpec;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, target_settings};
+use crate::helpers::{TestEnv, calls, calls_of, target_settings};
 
 const TARGET: &str = "acme-logto";
 const PROVIDER: &str = "logto";
@@ -55,18 +55,6 @@ fn orgs_named(env: &TestEnv, name: &str) -> Vec<Value> {
 
 fn tagged(env: &TestEnv, id: &str) -> Vec<Value> {
     env.sim.organizations(PROVIDER).into_iter().filter(|o| o["customData"]["orgprov_request_id"] == json!(id)).collect()
-}
-
-async fn calls(env: &TestEnv, id: &str) -> Vec<(String, Option<i32>)> {
-    sqlx::query_as("SELECT call, status_code FROM attempts WHERE request_id = $1 ORDER BY id")
-        .bind(id)
-        .fetch_all(&env.db)
-        .await
-        .unwrap()
-}
-
-fn calls_of(list: &[(String, Option<i32>)]) -> Vec<(&str, Option<i32>)> {
-    list.iter().map(|(c, s)| (c.as_str(), *s)).collect()
 }
 
 async fn provision(env: &TestEnv, id: &str, name: &str) -> Value {

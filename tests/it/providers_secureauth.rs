@@ -15,7 +15,7 @@ use orgprov::providers::secureauth::organization_id;
 use orgprov::simulator::{ScriptedFault, SimulatorConfig};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, target_settings};
+use crate::helpers::{TestEnv, calls, calls_of, target_settings};
 
 const TARGET: &str = "acme-secureauth";
 const PROVIDER: &str = "secureauth";
@@ -57,18 +57,6 @@ fn token_calls(env: &TestEnv) -> usize {
 
 fn orgs_named(env: &TestEnv, name: &str) -> Vec<Value> {
     env.sim.organizations(PROVIDER).into_iter().filter(|o| o["name"] == json!(name)).collect()
-}
-
-async fn calls(env: &TestEnv, id: &str) -> Vec<(String, Option<i32>)> {
-    sqlx::query_as("SELECT call, status_code FROM attempts WHERE request_id = $1 ORDER BY id")
-        .bind(id)
-        .fetch_all(&env.db)
-        .await
-        .unwrap()
-}
-
-fn calls_of(list: &[(String, Option<i32>)]) -> Vec<(&str, Option<i32>)> {
-    list.iter().map(|(c, s)| (c.as_str(), *s)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use orgprov::providers::stytch::external_id;
 use orgprov::simulator::{ScriptedFault, SimulatorConfig};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, target_settings};
+use crate::helpers::{TestEnv, calls, calls_of, target_settings};
 
 const TARGET: &str = "acme-stytch";
 const PROVIDER: &str = "stytch";
@@ -41,18 +41,6 @@ fn creates(env: &TestEnv) -> usize {
 
 fn orgs_with_slug(env: &TestEnv, slug: &str) -> Vec<Value> {
     env.sim.organizations(PROVIDER).into_iter().filter(|o| o["organization_slug"] == json!(slug)).collect()
-}
-
-async fn calls(env: &TestEnv, id: &str) -> Vec<(String, Option<i32>)> {
-    sqlx::query_as("SELECT call, status_code FROM attempts WHERE request_id = $1 ORDER BY id")
-        .bind(id)
-        .fetch_all(&env.db)
-        .await
-        .unwrap()
-}
-
-fn calls_of(list: &[(String, Option<i32>)]) -> Vec<(&str, Option<i32>)> {
-    list.iter().map(|(c, s)| (c.as_str(), *s)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,8 +56,6 @@ pub trait Admission: Send + Sync {
     fn acquire(&self) -> BoxFuture<'_, Result<Option<Duration>, String>>;
     /// The upstream asked every call of this target to wait `wait`.
     fn pause(&self, wait: Duration) -> BoxFuture<'_, ()>;
-    /// How long the target is paused for (zero when it is not).
-    fn paused_for(&self) -> BoxFuture<'_, Duration>;
     /// How long until a slot would be granted (pause included), taking nothing.
     fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>>;
 }
@@ -100,10 +98,6 @@ impl Admission for PgAdmission {
         .boxed()
     }
 
-    fn paused_for(&self) -> BoxFuture<'_, Duration> {
-        async move { self.store.pause_remaining(&self.target).await.unwrap_or_default() }.boxed()
-    }
-
     fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>> {
         async move {
             self.store
@@ -124,9 +118,6 @@ impl Admission for Unlimited {
     }
     fn pause(&self, _: Duration) -> BoxFuture<'_, ()> {
         async {}.boxed()
-    }
-    fn paused_for(&self) -> BoxFuture<'_, Duration> {
-        async { Duration::ZERO }.boxed()
     }
     fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>> {
         async { Ok(Duration::ZERO) }.boxed()
@@ -162,10 +153,6 @@ impl Delivery {
 
     pub fn client(&self) -> &reqwest::Client {
         &self.client
-    }
-
-    pub fn admission(&self) -> &dyn Admission {
-        &*self.admission
     }
 
     /// Waits until a call could be admitted, without taking a slot. The worker waits here

@@ -685,18 +685,6 @@ impl Store {
         .await?;
         Ok(())
     }
-
-    /// How long `target` stays paused (zero when it is not).
-    pub async fn pause_remaining(&self, target: &str) -> Result<Duration, StoreError> {
-        let secs: Option<f64> = sqlx::query_scalar(
-            "SELECT GREATEST(EXTRACT(EPOCH FROM (paused_until - now())), 0)::float8 FROM target_limits
-             WHERE target = $1 AND paused_until > now()",
-        )
-        .bind(target)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(secs.map(Duration::from_secs_f64).unwrap_or_default())
-    }
 }
 
 /// What `orgprov replay` selects.

@@ -279,6 +279,10 @@ impl Worker {
         abandon: CancellationToken,
     ) {
         METRICS.messages_received.inc();
+        // While this worker holds the message, JetStream must not hand it to another replica,
+        // whatever step the work is at (waiting for a database connection included).
+        let every = Duration::from_secs(self.settings.nats.ack_wait_secs) / 3;
+        let _progress = AbortOnDrop(tokio::spawn(keep_in_progress(message.clone(), every)));
         let (stream, sequence) = match message.info() {
             Ok(i) => (i.stream.to_owned(), i.stream_sequence),
             Err(_) => (self.settings.nats.requests_stream.clone(), 0),
@@ -314,7 +318,7 @@ impl Worker {
                     },
                 };
                 let keyed = Keyed { request_id: &request_id, content_hash: &content_hash, document: &document };
-                self.claim_and_drive(keyed, None, &message, &abandon, |_| Err(failure)).instrument(span).await
+                self.claim_and_drive(keyed, None, &abandon, |_| Err(failure)).instrument(span).await
             }
             Ok(request) => {
                 let span = tracing::info_span!("provision", request_id = %request.request_id, target = %request.message.target);
@@ -342,7 +346,6 @@ impl Worker {
                             document: &request.document,
                         },
                         runtime.as_deref(),
-                        &message,
                         &abandon,
                         prepare,
                     )
@@ -373,7 +376,6 @@ impl Worker {
         &self,
         keyed: Keyed<'_>,
         runtime: Option<&TargetRuntime>,
-        message: &jetstream::Message,
         abandon: &CancellationToken,
         prepare: impl FnOnce(Option<&TargetRuntime>) -> Result<Prepared, EarlyFailure>,
     ) -> Disposition {
@@ -409,27 +411,18 @@ impl Worker {
                     };
                     return self.settle(&claim, None, Outcome::Failed { error }, None, claim.attempts).await;
                 };
-                self.drive(*claim, &runtime, message, abandon).await
+                self.drive(*claim, &runtime, abandon).await
             }
             Err(e) => store_trouble(e),
         }
     }
 
     /// Calls the upstream until the request has a definitive outcome, then settles it.
-    async fn drive(
-        &self,
-        claim: Claim,
-        rt: &TargetRuntime,
-        message: &jetstream::Message,
-        abandon: &CancellationToken,
-    ) -> Disposition {
+    async fn drive(&self, claim: Claim, rt: &TargetRuntime, abandon: &CancellationToken) -> Disposition {
         let lease = Duration::from_secs(self.settings.worker.lease_secs);
         let lost = CancellationToken::new();
-        let heartbeat =
-            tokio::spawn(heartbeat(self.store.clone(), claim.clone(), lease, lost.clone(), message.clone()));
-        let result = self.attempt_loop(&claim, rt, lease, &lost, abandon).await;
-        heartbeat.abort();
-        result
+        let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(self.store.clone(), claim.clone(), lease, lost.clone())));
+        self.attempt_loop(&claim, rt, lease, &lost, abandon).await
     }
 
     async fn attempt_loop(
@@ -462,12 +455,6 @@ impl Worker {
                 METRICS.lease_lost.inc();
                 return Disposition::Nak(Duration::from_secs(1));
             }
-            // A paused target hands its message back instead of burning an attempt.
-            let paused = rt.delivery.admission().paused_for().await;
-            if paused > max_inline {
-                let _ = self.store.release(claim).await;
-                return Disposition::Nak(paused);
-            }
             let out_of_time = tokio::time::Instant::now() >= deadline;
             if out_of_time && !needs_reconcile {
                 let message = format!("gave up after {attempts} create attempts: the retry deadline passed");
@@ -476,8 +463,9 @@ impl Worker {
                     .await;
             }
             let create = !needs_reconcile && attempts < max_attempts && !out_of_time;
-            // Wait for the rate limit before the call is recorded as started, so waiting (or
-            // dying while waiting) never uses up an attempt.
+            // Wait for the rate limit and any pause before the call is recorded as started, so
+            // waiting (or dying while waiting) never uses up an attempt; a long pause hands the
+            // message back.
             match rt.delivery.wait_ready().await {
                 Ok(()) => {}
                 Err(crate::delivery::SendError::Throttled(wait)) if wait > max_inline => {
@@ -665,7 +653,7 @@ impl Worker {
             } else {
                 METRICS.upstream_retries.inc();
                 failures += 1;
-                error.retry_after.unwrap_or_else(|| rt.provider_retry_delay(failures))
+                error.retry_after.unwrap_or_else(|| rt.delivery.retry.delay(failures))
             };
             tracing::info!(attempt = attempts, error = %error.message, ?delay, "upstream call failed; retrying");
             if delay > max_inline {
@@ -774,12 +762,6 @@ impl Worker {
     }
 }
 
-impl TargetRuntime {
-    fn provider_retry_delay(&self, failures: u32) -> Duration {
-        crate::delivery::RetryPolicy::from(self.target.retry).delay(failures)
-    }
-}
-
 /// Renders the template and builds the provider body: the "render once" step.
 fn prepare(
     request: &contract::ProvisionRequest,
@@ -852,7 +834,7 @@ fn attempt<T: providers::Answered>(
 }
 
 /// Renews the lease and tells JetStream the message is still being worked on.
-async fn heartbeat(store: Store, claim: Claim, lease: Duration, lost: CancellationToken, message: jetstream::Message) {
+async fn heartbeat(store: Store, claim: Claim, lease: Duration, lost: CancellationToken) {
     let every = lease / 3;
     loop {
         tokio::time::sleep(every).await;
@@ -864,7 +846,23 @@ async fn heartbeat(store: Store, claim: Claim, lease: Duration, lost: Cancellati
             }
             Err(e) => tracing::warn!(error = %e, "lease heartbeat failed"),
         }
+    }
+}
+
+/// Tells JetStream every `every` that the message is still being worked on.
+async fn keep_in_progress(message: jetstream::Message, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
         let _ = message.ack_with(AckKind::Progress).await;
+    }
+}
+
+/// Stops a background task when the work it accompanies ends, on every path.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

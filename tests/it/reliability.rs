@@ -141,7 +141,12 @@ async fn sigterm_under_load_exits_0_in_the_grace_period_and_redelivers_nothing_f
     assert_exactly_once(&env, &ids).await;
     // A finished request that came back would re-emit its outcome: none did.
     for id in &finished_before {
-        assert_eq!(env.events_for(id).len(), 1, "{id} finished before SIGTERM but was delivered again");
+        assert_eq!(
+            env.events_for(id).len(),
+            1,
+            "{id} finished before SIGTERM but was delivered again; worker log:\n{}",
+            env.worker_log()
+        );
     }
     env.cleanup().await;
 }

@@ -66,18 +66,34 @@ pub async fn ensure_topology(js: &jetstream::Context, n: &NatsSettings) -> anyho
     .await
     .map_err(|e| anyhow::anyhow!("events stream {}: {e}", n.events_stream))?;
     let stream = js.get_stream(&n.requests_stream).await?;
+    let wanted = consumer::pull::Config {
+        durable_name: Some(n.consumer.clone()),
+        filter_subject: n.requests_subject(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(n.ack_wait_secs),
+        // Attempts are counted and capped in Postgres: throttling NAKs count as deliveries.
+        max_deliver: -1,
+        max_ack_pending: n.max_ack_pending,
+        // No `backoff` list: it would replace ack_wait with its first step.
+        ..Default::default()
+    };
+    // The config is sent only when the consumer is missing or differs. Re-sending an identical
+    // config is not a no-op everywhere: on nats-server 2.9 it made a message that had been
+    // NAK'ed with a delay, redelivered and acked come back once more, so every replica start
+    // re-emitted a finished outcome.
+    if let Ok(existing) = stream.get_consumer::<consumer::pull::Config>(&n.consumer).await {
+        let have = &existing.cached_info().config;
+        if have.filter_subject == wanted.filter_subject
+            && have.ack_wait == wanted.ack_wait
+            && have.max_deliver == wanted.max_deliver
+            && have.max_ack_pending == wanted.max_ack_pending
+            && have.backoff.is_empty()
+        {
+            return Ok(existing);
+        }
+    }
     let consumer = stream
-        .create_consumer(consumer::pull::Config {
-            durable_name: Some(n.consumer.clone()),
-            filter_subject: n.requests_subject(),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(n.ack_wait_secs),
-            // Attempts are counted and capped in Postgres: throttling NAKs count as deliveries.
-            max_deliver: -1,
-            max_ack_pending: n.max_ack_pending,
-            // No `backoff` list: it would replace ack_wait with its first step.
-            ..Default::default()
-        })
+        .create_consumer(wanted)
         .await
         .map_err(|e| anyhow::anyhow!("consumer {} on {}: {e}", n.consumer, n.requests_stream))?;
     Ok(consumer)

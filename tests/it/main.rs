@@ -4,6 +4,7 @@
 mod bad_input;
 mod chaos;
 mod crash;
+mod crash_points;
 mod deploy;
 mod helpers;
 mod mixed;

@@ -1,4 +1,4 @@
-//! Reliability under faults, injected for real: crashes at each recovery point, SIGTERM,
+//! Reliability under faults, injected for real (the crash points are in `crash_points`): SIGTERM,
 //! SIGSTOP past the ack wait, 429 storms, the replica-wide rate limit, isolation between
 //! targets, late commits, dead letters and replay.
 //!
@@ -9,7 +9,6 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use orgprov::fault::CrashPoint;
 use orgprov::simulator::{Faults, ScriptedFault, Simulator, SimulatorConfig};
 use serde_json::json;
 
@@ -67,48 +66,6 @@ pub async fn assert_exactly_once_for(env: &TestEnv, provider: &str, ids: &[Strin
         assert_eq!(event_ids[id].len(), 1, "{id}: every event of a request has the same id");
         assert_eq!(per_request.get(id), Some(&1), "{id}: exactly one organization upstream");
     }
-}
-
-async fn crash_at(point: CrashPoint) {
-    // Latency keeps a create on the wire long enough for `during_call`.
-    let faults = Faults { latency_ms: 300, ..Faults::default() };
-    let env = TestEnv::with_simulator(SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
-    let ids: Vec<String> = (0..5).map(|i| env.id(i)).collect();
-    let mut worker = env.worker_process(&[("ORGPROV_FAULT_CRASH_AT", point.name())]);
-    for (i, id) in ids.iter().enumerate() {
-        env.publish_json(&env.request(id, &env.name(i)), Some(id)).await;
-    }
-    let status = worker.wait_exit(60).await;
-    assert!(status.is_some(), "the worker never reached {}; log:\n{}", point.name(), env.worker_log());
-    assert!(env.worker_log().contains(&format!("SIGKILL at {}", point.name())));
-    let _restarted = env.worker_process(&[]);
-    assert_exactly_once(&env, &ids).await;
-    env.cleanup().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_after_the_claim_then_restarted() {
-    crash_at(CrashPoint::AfterClaim).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_during_the_upstream_call_then_restarted() {
-    crash_at(CrashPoint::DuringCall).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_after_the_upstream_created_the_organization_then_restarted() {
-    crash_at(CrashPoint::AfterCreate).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_after_the_commit_before_publish_and_ack_then_restarted() {
-    crash_at(CrashPoint::AfterCommit).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_after_publishing_before_the_ack_then_restarted() {
-    crash_at(CrashPoint::AfterPublish).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

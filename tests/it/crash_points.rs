@@ -1,0 +1,74 @@
+//! The worker killed at each recovery point, then restarted: every request still ends once.
+//!
+//! The crash hooks exist only in a build with `--features fault-hooks` (the README's test
+//! command runs this module that way); a build without them must ignore
+//! `ORGPROV_FAULT_CRASH_AT`, which the last test proves.
+
+#[cfg(feature = "fault-hooks")]
+mod points {
+    use orgprov::fault::CrashPoint;
+    use orgprov::simulator::{Faults, SimulatorConfig};
+
+    use crate::helpers::TestEnv;
+    use crate::reliability::assert_exactly_once;
+
+    async fn killed_at(point: CrashPoint) {
+        // Latency keeps a create on the wire long enough for `during_call`.
+        let faults = Faults { latency_ms: 300, ..Faults::default() };
+        let env = TestEnv::with_simulator(SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
+        let ids: Vec<String> = (0..5).map(|i| env.id(i)).collect();
+        let mut worker = env.worker_process(&[("ORGPROV_FAULT_CRASH_AT", point.name())]);
+        for (i, id) in ids.iter().enumerate() {
+            env.publish_json(&env.request(id, &env.name(i)), Some(id)).await;
+        }
+        let status = worker.wait_exit(60).await;
+        assert!(status.is_some(), "the worker never reached {}; log:\n{}", point.name(), env.worker_log());
+        assert!(env.worker_log().contains(&format!("SIGKILL at {}", point.name())));
+        let _restarted = env.worker_process(&[]);
+        assert_exactly_once(&env, &ids).await;
+        env.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_after_the_claim_then_restarted() {
+        killed_at(CrashPoint::AfterClaim).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_during_the_upstream_call_then_restarted() {
+        killed_at(CrashPoint::DuringCall).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_after_the_upstream_created_the_organization_then_restarted() {
+        killed_at(CrashPoint::AfterCreate).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_after_the_commit_before_publish_and_ack_then_restarted() {
+        killed_at(CrashPoint::AfterCommit).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_after_publishing_before_the_ack_then_restarted() {
+        killed_at(CrashPoint::AfterPublish).await;
+    }
+}
+
+#[cfg(not(feature = "fault-hooks"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_without_fault_hooks_ignores_the_crash_variable() {
+    let env = crate::helpers::TestEnv::new().await;
+    let binary = std::fs::read(env!("CARGO_BIN_EXE_orgprov")).unwrap();
+    let needle = b"ORGPROV_FAULT_CRASH_AT";
+    assert!(!binary.windows(needle.len()).any(|w| w == needle), "the crash hooks are compiled in");
+    let mut worker = env.worker_process(&[("ORGPROV_FAULT_CRASH_AT", "after_claim")]);
+    let id = env.id("no-hooks");
+    env.publish_json(&env.request(&id, &env.name("no-hooks")), Some(&id)).await;
+    let outcome = env.outcomes(std::slice::from_ref(&id), 60).await.remove(&id).unwrap();
+    assert_eq!(outcome.json["type"], "org.provisioned", "{}", outcome.json);
+    assert!(worker.child.try_wait().unwrap().is_none(), "the worker is still running");
+    assert!(!env.worker_log().contains("SIGKILL"), "{}", env.worker_log());
+    worker.kill();
+    env.cleanup().await;
+}

@@ -71,6 +71,8 @@ pub struct TestEnv {
     stored: Arc<Mutex<Vec<Received>>>,
     pg_base: String,
     collector: tokio::task::JoinHandle<()>,
+    /// Set by [`TestEnv::cleanup`]; otherwise `Drop` removes the streams and the database.
+    cleaned: bool,
 }
 
 impl TestEnv {
@@ -145,7 +147,8 @@ impl TestEnv {
             let _ = tokio::join!(core, stream_reader);
         });
         let dir = tempfile::tempdir().unwrap();
-        TestEnv { run, dir, sim, settings, templates, js, db, events, stored, collector, pg_base: pg_base.to_owned() }
+        let pg_base = pg_base.to_owned();
+        TestEnv { run, dir, sim, settings, templates, js, db, events, stored, collector, pg_base, cleaned: false }
     }
 
     pub fn secret(&self) -> String {
@@ -360,16 +363,63 @@ impl TestEnv {
     }
 
     /// Deletes the test's streams and database.
-    pub async fn cleanup(self) {
+    /// A failed test skips this; `Drop` then does the same from a thread of its own.
+    pub async fn cleanup(mut self) {
         self.collector.abort();
-        let _ = self.js.delete_stream(&self.settings.nats.requests_stream).await;
-        let _ = self.js.delete_stream(&self.settings.nats.events_stream).await;
         self.db.close().await;
-        if let Ok(admin) = PgPool::connect(&format!("{}/postgres", self.pg_base)).await {
-            let sql = format!("DROP DATABASE IF EXISTS orgprov_test_{} WITH (FORCE)", self.run);
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+        self.leftovers().remove().await;
+        self.cleaned = true;
+    }
+
+    fn leftovers(&self) -> Leftovers {
+        Leftovers {
+            nats_url: self.settings.nats.url.clone(),
+            streams: [self.settings.nats.requests_stream.clone(), self.settings.nats.events_stream.clone()],
+            pg_base: self.pg_base.clone(),
+            database: format!("orgprov_test_{}", self.run),
         }
-        self.sim.shutdown().await;
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.collector.abort();
+        if self.cleaned {
+            return;
+        }
+        // A test that panicked: its streams and database must not outlive it. The test's own
+        // runtime cannot be blocked on from here, so a thread with its own runtime does it.
+        let leftovers = self.leftovers();
+        let _ = std::thread::spawn(move || {
+            if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                runtime.block_on(leftovers.remove());
+            }
+        })
+        .join();
+    }
+}
+
+/// What a test leaves behind on the shared servers.
+struct Leftovers {
+    nats_url: String,
+    streams: [String; 2],
+    pg_base: String,
+    database: String,
+}
+
+impl Leftovers {
+    async fn remove(self) {
+        if let Ok(client) = async_nats::connect(&self.nats_url).await {
+            let js = jetstream::new(client);
+            for stream in &self.streams {
+                let _ = js.delete_stream(stream).await;
+            }
+        }
+        if let Ok(admin) = PgPool::connect(&format!("{}/postgres", self.pg_base)).await {
+            let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+            admin.close().await;
+        }
     }
 }
 

@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
-use crate::contract::{self, OrganizationInput, RequestMessage};
+use crate::contract::{self, ErrorCode, OrganizationInput, RequestMessage};
 use crate::simulator::{Faults, RateLimit, Simulator, SimulatorConfig};
-use crate::store::{EventNaming, Store};
+use crate::store::{EventNaming, ReplayCandidate, RequestState, Store};
 use crate::template::Templates;
 use crate::worker::Worker;
 
@@ -61,9 +61,9 @@ pub struct ReplayArgs {
     /// A request to replay (repeatable).
     #[arg(long = "id")]
     pub ids: Vec<String>,
-    /// Only failed requests with this error code (e.g. exhausted).
-    #[arg(long)]
-    pub code: Option<String>,
+    /// Only failed requests with this error code.
+    #[arg(long, value_parser = error_code())]
+    pub code: Option<ErrorCode>,
     /// Only requests that failed at or after this RFC 3339 time.
     #[arg(long)]
     pub since: Option<String>,
@@ -78,6 +78,13 @@ pub struct ReplayArgs {
     /// Print what would be replayed, change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// Parses `--code`; `--help` lists the accepted values.
+fn error_code() -> impl clap::builder::TypedValueParser<Value = ErrorCode> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(ErrorCode::ALL.map(ErrorCode::as_str))
+        .map(|s| ErrorCode::parse(&s).unwrap_or(ErrorCode::Internal))
 }
 
 #[derive(Args, Debug, Clone)]
@@ -399,26 +406,21 @@ async fn replay(settings: &Settings, args: ReplayArgs) -> anyhow::Result<ExitCod
         eprintln!("error: say what to replay: --id, --code, --since/--until, or --all");
         return Ok(ExitCode::from(2));
     }
-    let selection = crate::store::ReplaySelection {
-        ids: args.ids.clone(),
-        code: args.code.clone(),
-        since,
-        until,
-        limit: args.limit,
-    };
+    let selection =
+        crate::store::ReplaySelection { ids: args.ids.clone(), code: args.code, since, until, limit: args.limit };
     let store = Store::connect(&settings.postgres.url, 2, naming(settings)).await?;
     let candidates = store.replay_candidates(&selection).await?;
     let js = crate::bus::context(crate::bus::connect(&settings.nats.url).await?);
     let subject = settings.nats.requests_subject();
     let (mut replayed, mut skipped) = (0, 0);
-    for id in args.ids.iter().filter(|id| !candidates.iter().any(|(c, _, _)| c == *id)) {
+    for id in args.ids.iter().filter(|id| !candidates.iter().any(|c| &c.request_id == *id)) {
         println!("{id}: skipped, no such request");
         skipped += 1;
     }
-    for (id, state, code) in candidates {
-        if state != "failed" {
+    for ReplayCandidate { request_id: id, state, code } in candidates {
+        if state != RequestState::Failed {
             // A request that succeeded is never provisioned again; an active one is in work.
-            println!("{id}: skipped, it is {state}");
+            println!("{id}: skipped, it is {}", state.as_str());
             skipped += 1;
             continue;
         }

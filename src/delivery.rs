@@ -1,5 +1,6 @@
 //! Getting HTTP calls to an upstream politely: admission through the per-target rate limit
-//! and pause (shared by every replica through Postgres, see [`PgAdmission`]), pauses named by
+//! and pause (the [`Admission`] trait; every replica shares them through Postgres, see
+//! `store::PgAdmission`), pauses named by
 //! the upstream (`Retry-After`, `x-ratelimit-reset`), the retry delay policy, and the one
 //! place where a transport failure is classified as "never sent" or "maybe sent".
 //!
@@ -15,7 +16,6 @@ use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 
 use crate::config::{RetrySettings, Target};
-use crate::store::Store;
 
 /// A response read whole (bodies of these APIs are small).
 #[derive(Debug)]
@@ -58,55 +58,6 @@ pub trait Admission: Send + Sync {
     fn pause(&self, wait: Duration) -> BoxFuture<'_, ()>;
     /// How long until a slot would be granted (pause included), taking nothing.
     fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>>;
-}
-
-/// Admission shared by all replicas: a GCRA bucket and the pause, both rows in Postgres.
-pub struct PgAdmission {
-    pub store: Store,
-    pub target: String,
-    pub per_second: f64,
-    pub burst: u32,
-}
-
-impl PgAdmission {
-    /// The upstream counts arrivals, and calls granted a slot apart can arrive closer
-    /// together (scheduling, connection reuse). Up to 100 ms worth of calls (at least one,
-    /// leaving at least one) of the burst are kept as headroom for that jitter.
-    fn effective_burst(&self) -> u32 {
-        let headroom = ((self.per_second * 0.1).ceil() as u32).clamp(1, self.burst.saturating_sub(1).max(1));
-        self.burst.saturating_sub(headroom).max(1)
-    }
-}
-
-impl Admission for PgAdmission {
-    fn acquire(&self) -> BoxFuture<'_, Result<Option<Duration>, String>> {
-        async move {
-            self.store
-                .acquire_slot(&self.target, self.per_second, self.effective_burst())
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .boxed()
-    }
-
-    fn pause(&self, wait: Duration) -> BoxFuture<'_, ()> {
-        async move {
-            if let Err(e) = self.store.pause_target(&self.target, wait).await {
-                tracing::warn!(target_name = %self.target, error = %e, "could not record the upstream's pause");
-            }
-        }
-        .boxed()
-    }
-
-    fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>> {
-        async move {
-            self.store
-                .slot_ready_in(&self.target, self.per_second, self.effective_burst())
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .boxed()
-    }
 }
 
 /// No limit at all (unit tests of provider code that never reaches the network).
@@ -155,22 +106,11 @@ impl Delivery {
         &self.client
     }
 
-    /// Waits until a call could be admitted, without taking a slot. The worker waits here
-    /// before it records that a call starts, so waiting for the rate limit (or dying while
-    /// waiting) never uses up an attempt; [`Delivery::send`] then takes the slot.
-    pub async fn wait_ready(&self) -> Result<(), SendError> {
-        let mut waited = Duration::ZERO;
-        loop {
-            match self.admission.ready_in().await {
-                Ok(wait) if wait.is_zero() => return Ok(()),
-                Ok(wait) if waited + wait > self.max_wait => return Err(SendError::Throttled(wait)),
-                Ok(wait) => {
-                    waited += wait;
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(SendError::NotSent(format!("rate limiter unavailable: {e}"))),
-            }
-        }
+    /// How long until a call would be admitted (pause included), taking nothing. The worker
+    /// asks before it records that a call starts, so waiting for the rate limit (or dying
+    /// while waiting) never uses up an attempt; [`Delivery::send`] then takes the slot.
+    pub async fn ready_in(&self) -> Result<Duration, SendError> {
+        self.admission.ready_in().await.map_err(|e| SendError::NotSent(format!("rate limiter unavailable: {e}")))
     }
 
     /// Waits for admission (the upstream's pause and a rate-limit slot) and takes a slot.
@@ -264,8 +204,13 @@ impl RetryPolicy {
     }
 
     pub fn delay(&self, attempt: u32) -> Duration {
+        self.delay_with(attempt, &mut fastrand::Rng::new())
+    }
+
+    /// [`RetryPolicy::delay`] drawing from `rng` (seeded in tests).
+    pub fn delay_with(&self, attempt: u32, rng: &mut fastrand::Rng) -> Duration {
         let ceiling = self.ceiling(attempt).as_millis() as u64;
-        Duration::from_millis(fastrand::u64(0..=ceiling))
+        Duration::from_millis(rng.u64(0..=ceiling))
     }
 }
 

@@ -19,6 +19,7 @@ pub mod contract;
 pub mod delivery;
 pub mod demo;
 pub mod fault;
+pub mod lifecycle;
 pub mod providers;
 pub mod simulator;
 pub mod store;

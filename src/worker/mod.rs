@@ -7,9 +7,14 @@
 //! permits, so nothing is buffered beyond the cap. Each target also has its own cap; a
 //! message for a full target is handed back with a delay so other targets keep flowing.
 //!
-//! The per-request state machine ([`Worker::drive`]) follows DESIGN.md "Semantics we pinned":
-//! a fenced lease checked before each call and at settle, reconcile-before-create after any
-//! ambiguous answer, `exhausted` only after a final lookup found nothing, ack after settle.
+//! Each message is decoded here and handed to [`driver`], which claims the request and carries
+//! out the decisions of its [`crate::lifecycle::Lifecycle`] (DESIGN.md "Semantics we pinned": a
+//! fenced lease checked before each call and at settle, reconcile-before-create after any
+//! ambiguous answer, `exhausted` only after a final lookup found nothing); the message is acked
+//! only after the settle committed.
+
+mod driver;
+mod prepare;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,22 +22,18 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt;
-use serde_json::{Value, json};
-use time::OffsetDateTime;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use self::driver::Keyed;
 use crate::bus::{self, Consumer, Relay};
 use crate::config::{Settings, Target};
-use crate::contract::{
-    self, ErrorCode, EventError, FailedData, OutcomeEvent, ProvisionedData, Rejection, RequestId, SourceMessage,
-};
-use crate::delivery::{Delivery, PgAdmission};
-use crate::fault::{CrashPoint, crash_at, crash_soon};
-use crate::providers::{self, CallError, Created, ErrorClass, Lookup, Provider};
-use crate::store::{AttemptRecord, Claim, ClaimResult, EarlyFailure, Outcome, Prepared, Store, StoreError};
+use crate::contract::{self, ErrorCode, EventError, ProvisionRequest, Rejection, SourceMessage};
+use crate::delivery::Delivery;
+use crate::providers::{self, Provider};
+use crate::store::{EarlyFailure, PgAdmission, Store, StoreError};
 use crate::telemetry::METRICS;
 use crate::template::Templates;
 
@@ -44,16 +45,9 @@ pub struct TargetRuntime {
     slots: Arc<Semaphore>,
 }
 
-/// A message that yielded a request_id: what the claim is keyed and checked by.
-struct Keyed<'a> {
-    request_id: &'a RequestId,
-    content_hash: &'a str,
-    document: &'a Value,
-}
-
 /// What to tell JetStream about a message.
 #[derive(Debug, PartialEq)]
-enum Disposition {
+pub(super) enum Disposition {
     Ack,
     Nak(Duration),
 }
@@ -272,6 +266,7 @@ impl Worker {
         }
     }
 
+    /// Works on one message while holding one of the worker's permits, then acks or NAKs it.
     async fn on_message(
         self: Arc<Self>,
         message: jetstream::Message,
@@ -283,30 +278,11 @@ impl Worker {
         // whatever step the work is at (waiting for a database connection included).
         let every = Duration::from_secs(self.settings.nats.ack_wait_secs) / 3;
         let _progress = AbortOnDrop(tokio::spawn(keep_in_progress(message.clone(), every)));
-        let (stream, sequence) = match message.info() {
-            Ok(i) => (i.stream.to_owned(), i.stream_sequence),
-            Err(_) => (self.settings.nats.requests_stream.clone(), 0),
-        };
-        let msg_id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_owned());
         let disposition = match contract::decode(&message.payload) {
-            Err(Rejection::Unreadable { reason, details }) => {
-                let source = SourceMessage { stream, sequence, msg_id };
-                tracing::warn!(stream = %source.stream, sequence, %reason, "unreadable request message");
-                match self.store.reject_unreadable(&source, &reason, details).await {
-                    Ok(()) => {
-                        METRICS.failed.inc();
-                        self.relay_wake.notify_one();
-                        Disposition::Ack
-                    }
-                    Err(e) => store_trouble(e),
-                }
-            }
+            Err(Rejection::Unreadable { reason, details }) => self.reject_unreadable(&message, &reason, details).await,
             Err(Rejection::Invalid { request_id, content_hash, document, reason, details }) => {
                 let span = tracing::info_span!("provision", request_id = %request_id);
+                let keyed = Keyed { request_id: &request_id, content_hash: &content_hash, document: &document };
                 let failure = EarlyFailure {
                     target: None,
                     provider: None,
@@ -317,534 +293,81 @@ impl Worker {
                         details: Some(details),
                     },
                 };
-                let keyed = Keyed { request_id: &request_id, content_hash: &content_hash, document: &document };
                 self.claim_and_drive(keyed, None, &abandon, |_| Err(failure)).instrument(span).await
             }
             Ok(request) => {
                 let span = tracing::info_span!("provision", request_id = %request.request_id, target = %request.message.target);
-                let runtime = self.targets.get(&request.message.target).cloned();
-                // Per-target cap: a full target hands its message back instead of waiting
-                // here, so it never holds more than its own share of the worker.
-                let slot = match &runtime {
-                    Some(rt) => match rt.slots.clone().try_acquire_owned() {
-                        Ok(s) => Some(s),
-                        Err(_) => {
-                            METRICS.naks.inc();
-                            let _ = message.ack_with(AckKind::Nak(Some(jitter(Duration::from_millis(500))))).await;
-                            return;
-                        }
-                    },
-                    None => None,
-                };
-                let templates = self.templates.clone();
-                let prepare = |rt: Option<&TargetRuntime>| prepare(&request, rt, &templates);
-                let d = self
-                    .claim_and_drive(
-                        Keyed {
-                            request_id: &request.request_id,
-                            content_hash: &request.content_hash,
-                            document: &request.document,
-                        },
-                        runtime.as_deref(),
-                        &abandon,
-                        prepare,
-                    )
-                    .instrument(span)
-                    .await;
-                drop(slot);
-                d
+                self.provision(&request, &abandon).instrument(span).await
             }
         };
-        match disposition {
-            Disposition::Ack => {
-                if let Err(e) = message.ack().await {
-                    // A lost ack means a redelivery, which re-emits the stored outcome.
-                    tracing::warn!(error = %e, "ack failed");
-                }
-            }
-            Disposition::Nak(delay) => {
-                METRICS.naks.inc();
-                if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
-                    tracing::warn!(error = %e, "nak failed; the message comes back after ack_wait");
-                }
-            }
-        }
+        dispose(&message, disposition).await;
         drop(permit);
     }
 
-    async fn claim_and_drive(
+    /// A message too broken to yield a request_id: recorded by its stream position, failed
+    /// once, never redelivered.
+    async fn reject_unreadable(
         &self,
-        keyed: Keyed<'_>,
-        runtime: Option<&TargetRuntime>,
-        abandon: &CancellationToken,
-        prepare: impl FnOnce(Option<&TargetRuntime>) -> Result<Prepared, EarlyFailure>,
+        message: &jetstream::Message,
+        reason: &str,
+        details: serde_json::Value,
     ) -> Disposition {
-        let lease = Duration::from_secs(self.settings.worker.lease_secs);
-        let Keyed { request_id, content_hash, document } = keyed;
-        let claim = self
-            .store
-            .claim(request_id.as_str(), content_hash, Some(document), &self.owner, lease, || prepare(runtime))
-            .await;
-        match claim {
-            Ok(ClaimResult::Finished { reemitted }) => {
-                if reemitted {
-                    METRICS.reemitted.inc();
-                } else {
-                    METRICS.failed.inc();
-                }
+        let (stream, sequence) = match message.info() {
+            Ok(i) => (i.stream.to_owned(), i.stream_sequence),
+            Err(_) => (self.settings.nats.requests_stream.clone(), 0),
+        };
+        let msg_id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_owned());
+        let source = SourceMessage { stream, sequence, msg_id };
+        tracing::warn!(stream = %source.stream, sequence, %reason, "unreadable request message");
+        match self.store.reject_unreadable(&source, reason, details).await {
+            Ok(()) => {
+                METRICS.failed.inc();
                 self.relay_wake.notify_one();
                 Disposition::Ack
-            }
-            Ok(ClaimResult::Busy { retry_in }) => {
-                tracing::debug!(?retry_in, "request is leased by another holder");
-                Disposition::Nak(retry_in)
-            }
-            Ok(ClaimResult::Claimed(claim)) => {
-                crash_at(CrashPoint::AfterClaim);
-                let Some(runtime) = self.targets.get(&claim.prepared.target).cloned() else {
-                    // Stored by an earlier deployment whose configuration had this target.
-                    let error = EventError {
-                        code: ErrorCode::UnknownTarget,
-                        message: format!("target {:?} is not configured on this worker", claim.prepared.target),
-                        upstream_status: None,
-                        details: None,
-                    };
-                    return self.settle(&claim, None, Outcome::Failed { error }, None, claim.attempts).await;
-                };
-                self.drive(*claim, &runtime, abandon).await
             }
             Err(e) => store_trouble(e),
         }
     }
 
-    /// Calls the upstream until the request has a definitive outcome, then settles it.
-    async fn drive(&self, claim: Claim, rt: &TargetRuntime, abandon: &CancellationToken) -> Disposition {
-        let lease = Duration::from_secs(self.settings.worker.lease_secs);
-        let lost = CancellationToken::new();
-        let _heartbeat = AbortOnDrop(tokio::spawn(heartbeat(self.store.clone(), claim.clone(), lease, lost.clone())));
-        self.attempt_loop(&claim, rt, lease, &lost, abandon).await
-    }
-
-    async fn attempt_loop(
-        &self,
-        claim: &Claim,
-        rt: &TargetRuntime,
-        lease: Duration,
-        lost: &CancellationToken,
-        abandon: &CancellationToken,
-    ) -> Disposition {
-        let request_id = match RequestId::parse(&claim.request_id) {
-            Ok(id) => id,
-            Err(e) => {
-                return self.settle(claim, Some(rt), failure(ErrorCode::Internal, e, None), None, claim.attempts).await;
+    /// A valid request: takes a slot of its target (or hands the message straight back when
+    /// the target is full, so it never holds more than its own share of the worker) and
+    /// drives it.
+    async fn provision(&self, request: &ProvisionRequest, abandon: &CancellationToken) -> Disposition {
+        let runtime = self.targets.get(&request.message.target);
+        let _slot = match runtime.map(|rt| rt.slots.clone().try_acquire_owned()) {
+            Some(Err(_)) => {
+                tracing::debug!("target full; handing the message back");
+                return Disposition::Nak(jitter(Duration::from_millis(500)));
             }
+            Some(Ok(slot)) => Some(slot),
+            None => None,
         };
-        let body = &claim.prepared.body;
-        let max_attempts = i64::from(rt.target.retry.max_attempts.unwrap_or(self.settings.worker.max_attempts));
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(rt.target.retry.deadline_secs).saturating_sub(claim.age);
-        let max_inline = Duration::from_secs(self.settings.worker.max_inline_wait_secs);
-        let mut attempts = claim.attempts;
-        let mut needs_reconcile = claim.needs_reconcile;
-        let mut failures = 0u32;
-        // When the last ambiguous create ended (this process only; a redelivery after a
-        // crash comes after the lease and ack wait, which exceed any reconcile delay).
-        let mut ambiguous_at: Option<std::time::Instant> = None;
-        loop {
-            if lost.is_cancelled() {
-                METRICS.lease_lost.inc();
-                return Disposition::Nak(Duration::from_secs(1));
-            }
-            let out_of_time = tokio::time::Instant::now() >= deadline;
-            if out_of_time && !needs_reconcile {
-                let message = format!("gave up after {attempts} create attempts: the retry deadline passed");
-                return self
-                    .settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, None), None, attempts)
-                    .await;
-            }
-            let create = !needs_reconcile && attempts < max_attempts && !out_of_time;
-            // Wait for the rate limit and any pause before the call is recorded as started, so
-            // waiting (or dying while waiting) never uses up an attempt; a long pause hands the
-            // message back.
-            match rt.delivery.wait_ready().await {
-                Ok(()) => {}
-                Err(crate::delivery::SendError::Throttled(wait)) if wait > max_inline => {
-                    let _ = self.store.release(claim).await;
-                    return Disposition::Nak(wait);
-                }
-                Err(crate::delivery::SendError::Throttled(wait)) => {
-                    tokio::time::sleep(wait).await;
-                    continue;
-                }
-                Err(e) => {
-                    // The shared rate limiter lives in Postgres: no admission, no call.
-                    tracing::warn!(error = %e, "rate limiter unavailable; handing the message back");
-                    return Disposition::Nak(jitter(Duration::from_secs(2)));
-                }
-            }
-            if !create {
-                // A provider that cannot refuse duplicates lets a late create land first.
-                let wait =
-                    ambiguous_at.map(|t| rt.provider.reconcile_delay().saturating_sub(t.elapsed())).unwrap_or_default();
-                if wait > max_inline {
-                    let _ = self.store.release(claim).await;
-                    return Disposition::Nak(wait);
-                }
-                if !wait.is_zero() {
-                    tokio::time::sleep(wait).await;
-                }
-            }
-            match self.store.begin_call(claim, create, lease).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    METRICS.lease_lost.inc();
-                    tracing::warn!("lease lost before an upstream call; not calling");
-                    return Disposition::Nak(Duration::from_secs(1));
-                }
-                Err(e) => return store_trouble(e),
-            }
-            if create {
-                attempts += 1;
-            }
-            METRICS.upstream_calls.inc();
-            let started_at = OffsetDateTime::now_utc();
-            let clock = std::time::Instant::now();
-            let error = if create {
-                crash_soon(CrashPoint::DuringCall, Duration::from_millis(20));
-                let result = rt.provider.create(body, &request_id).await;
-                if matches!(result, Ok(Created::New { .. })) {
-                    crash_at(CrashPoint::AfterCreate);
-                }
-                let mut record = attempt("create", started_at, clock.elapsed(), &result);
-                match result {
-                    Ok(Created::New { id, .. }) => {
-                        return self
-                            .settle(
-                                claim,
-                                Some(rt),
-                                Outcome::Succeeded { organization_id: id, created: true },
-                                Some(record),
-                                attempts,
-                            )
-                            .await;
-                    }
-                    Ok(Created::Conflict { .. }) => {
-                        // The name is taken: the lookup decides whether it is ours.
-                        record.outcome = "conflict".into();
-                        if let Err(e) = self.store.record_attempt(claim, &record).await {
-                            return store_trouble(e);
-                        }
-                        needs_reconcile = true;
-                        continue;
-                    }
-                    Err(e) if is_throttling(&e) => {
-                        // Never sent, or refused for the rate limit: not an attempt (the retry
-                        // deadline bounds these), and nothing to reconcile from it.
-                        match self.refund(claim, &e, &record, needs_reconcile).await {
-                            Ok(()) => attempts -= 1,
-                            Err(se) => return store_trouble(se),
-                        }
-                        e
-                    }
-                    Err(e) => {
-                        if e.class == ErrorClass::Ambiguous {
-                            needs_reconcile = true;
-                            ambiguous_at = Some(std::time::Instant::now());
-                        }
-                        if let ErrorClass::Permanent(code) = e.class {
-                            return self
-                                .settle(
-                                    claim,
-                                    Some(rt),
-                                    failure(code, e.message.clone(), Some(&e)),
-                                    Some(record),
-                                    attempts,
-                                )
-                                .await;
-                        }
-                        if let Err(se) = self.store.record_attempt(claim, &record).await {
-                            return store_trouble(se);
-                        }
-                        e
-                    }
-                }
-            } else {
-                let result = rt.provider.find(body, &request_id).await;
-                let record = attempt("lookup", started_at, clock.elapsed(), &result);
-                match result {
-                    Ok(Lookup::Ours { id }) => {
-                        return self
-                            .settle(
-                                claim,
-                                Some(rt),
-                                Outcome::Succeeded { organization_id: id, created: false },
-                                Some(record),
-                                attempts,
-                            )
-                            .await;
-                    }
-                    Ok(Lookup::NotOurs { id }) => {
-                        let message = format!(
-                            "organization {:?} already exists upstream (id {id}) and is not owned by this request",
-                            claim.prepared.natural_key
-                        );
-                        let mut f = failure(ErrorCode::Conflict, message, None);
-                        if let Outcome::Failed { error } = &mut f {
-                            error.upstream_status = Some(409);
-                            error.details = Some(json!({ "organization_id": id }));
-                        }
-                        return self.settle(claim, Some(rt), f, Some(record), attempts).await;
-                    }
-                    Ok(Lookup::Absent) => {
-                        if let Err(e) = self.store.record_attempt(claim, &record).await {
-                            return store_trouble(e);
-                        }
-                        if let Err(e) = self.store.mark_reconciled(claim).await {
-                            return store_trouble(e);
-                        }
-                        needs_reconcile = false;
-                        if attempts >= max_attempts || tokio::time::Instant::now() >= deadline {
-                            let message = format!(
-                                "gave up after {attempts} create attempts; a final lookup found no organization"
-                            );
-                            return self
-                                .settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, None), None, attempts)
-                                .await;
-                        }
-                        continue;
-                    }
-                    Err(e) if is_throttling(&e) => {
-                        // Lookups are not counted; an answered 429 stays in the history.
-                        if e.status.is_some()
-                            && let Err(se) = self.store.record_attempt(claim, &record).await
-                        {
-                            return store_trouble(se);
-                        }
-                        e
-                    }
-                    Err(e) => {
-                        if let ErrorClass::Permanent(code) = e.class {
-                            return self
-                                .settle(
-                                    claim,
-                                    Some(rt),
-                                    failure(code, e.message.clone(), Some(&e)),
-                                    Some(record),
-                                    attempts,
-                                )
-                                .await;
-                        }
-                        if let Err(se) = self.store.record_attempt(claim, &record).await {
-                            return store_trouble(se);
-                        }
-                        e
-                    }
-                }
-            };
-            if (attempts >= max_attempts || tokio::time::Instant::now() >= deadline) && !needs_reconcile {
-                // Nothing can have been created by the calls that failed definitively.
-                let message = format!("gave up after {attempts} create attempts; last error: {}", error.message);
-                return self
-                    .settle(claim, Some(rt), failure(ErrorCode::Exhausted, message, Some(&error)), None, attempts)
-                    .await;
-            }
-            let delay = if is_throttling(&error) {
-                error.retry_after.unwrap_or(Duration::from_secs(1))
-            } else {
-                METRICS.upstream_retries.inc();
-                failures += 1;
-                error.retry_after.unwrap_or_else(|| rt.delivery.retry.delay(failures))
-            };
-            tracing::info!(attempt = attempts, error = %error.message, ?delay, "upstream call failed; retrying");
-            if delay > max_inline {
-                // A long wait hands the message back instead of holding it.
-                let _ = self.store.release(claim).await;
-                return Disposition::Nak(delay);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = lost.cancelled() => {}
-                _ = abandon.cancelled() => {
-                    let _ = self.store.release(claim).await;
-                    return Disposition::Nak(Duration::from_millis(100));
-                }
+        let keyed =
+            Keyed { request_id: &request.request_id, content_hash: &request.content_hash, document: &request.document };
+        let templates = &self.templates;
+        let prepare = |rt: Option<&TargetRuntime>| prepare::prepare(request, rt, templates);
+        self.claim_and_drive(keyed, runtime.map(|rt| &**rt), abandon, prepare).await
+    }
+}
+
+/// Acks or NAKs the message. A lost ack means a redelivery, which re-emits the stored
+/// outcome; a lost NAK means the message comes back after the ack wait.
+async fn dispose(message: &jetstream::Message, disposition: Disposition) {
+    match disposition {
+        Disposition::Ack => {
+            if let Err(e) = message.ack().await {
+                tracing::warn!(error = %e, "ack failed");
             }
         }
-    }
-
-    /// Gives back the attempt a throttled call took; a 429 that was answered stays in the
-    /// history.
-    async fn refund(
-        &self,
-        claim: &Claim,
-        e: &CallError,
-        record: &AttemptRecord,
-        needs_reconcile: bool,
-    ) -> Result<(), StoreError> {
-        if e.status.is_some() {
-            self.store.record_attempt(claim, record).await?;
-        }
-        self.store.refund_call(claim, needs_reconcile).await
-    }
-
-    /// Writes the outcome, attempt, event and outbox row in one fenced transaction.
-    async fn settle(
-        &self,
-        claim: &Claim,
-        rt: Option<&TargetRuntime>,
-        outcome: Outcome,
-        record: Option<AttemptRecord>,
-        attempts: i64,
-    ) -> Disposition {
-        let now = OffsetDateTime::now_utc();
-        let p = &claim.prepared;
-        let provider = rt.map(|r| r.target.kind.as_str().to_owned()).unwrap_or_else(|| p.provider.clone());
-        let event = match &outcome {
-            Outcome::Succeeded { organization_id, created } => {
-                METRICS.provisioned.inc();
-                OutcomeEvent::provisioned(
-                    &self.settings.worker.event_source,
-                    ProvisionedData {
-                        request_id: claim.request_id.clone(),
-                        generation: claim.generation,
-                        target: p.target.clone(),
-                        provider,
-                        template: p.template.clone(),
-                        template_version: p.template_version.clone(),
-                        organization_id: organization_id.clone(),
-                        // The name the request asked for (a provider's natural key may be an id).
-                        organization_name: p.spec["name"].as_str().unwrap_or(&p.natural_key).to_owned(),
-                        created: *created,
-                        attempts,
-                        completed_at: now,
-                    },
-                )
+        Disposition::Nak(delay) => {
+            METRICS.naks.inc();
+            if let Err(e) = message.ack_with(AckKind::Nak(Some(delay))).await {
+                tracing::warn!(error = %e, "nak failed; the message comes back after ack_wait");
             }
-            Outcome::Failed { error } => {
-                METRICS.failed.inc();
-                OutcomeEvent::failed(
-                    &self.settings.worker.event_source,
-                    FailedData {
-                        request_id: Some(claim.request_id.clone()),
-                        generation: claim.generation,
-                        target: Some(p.target.clone()),
-                        provider: Some(provider),
-                        attempts,
-                        failed_at: now,
-                        error: error.clone(),
-                        source_message: None,
-                    },
-                )
-            }
-        };
-        let mut tries = 0;
-        loop {
-            match self.store.settle(claim, &outcome, record.as_ref(), &event).await {
-                Ok(()) => {
-                    crash_at(CrashPoint::AfterCommit);
-                    self.relay_wake.notify_one();
-                    tracing::info!(event_type = event.event_type, event_id = %event.id, "settled");
-                    return Disposition::Ack;
-                }
-                Err(StoreError::LeaseLost(_)) => {
-                    METRICS.lease_lost.inc();
-                    tracing::warn!("lease lost before settle; the new holder reconciles");
-                    return Disposition::Nak(Duration::from_secs(1));
-                }
-                Err(e) if tries < 5 => {
-                    tries += 1;
-                    tracing::warn!(error = %e, "settle failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
-                }
-                Err(e) => return store_trouble(e),
-            }
-        }
-    }
-}
-
-/// Renders the template and builds the provider body: the "render once" step.
-fn prepare(
-    request: &contract::ProvisionRequest,
-    rt: Option<&TargetRuntime>,
-    templates: &Templates,
-) -> Result<Prepared, EarlyFailure> {
-    let m = &request.message;
-    let Some(rt) = rt else {
-        return Err(EarlyFailure {
-            target: Some(m.target.clone()),
-            provider: None,
-            error: EventError {
-                code: ErrorCode::UnknownTarget,
-                message: format!("unknown target {:?}", m.target),
-                upstream_status: None,
-                details: None,
-            },
-        });
-    };
-    let provider = rt.target.kind.as_str();
-    let fail = |code, message: String| EarlyFailure {
-        target: Some(m.target.clone()),
-        provider: Some(provider.to_owned()),
-        error: EventError { code, message, upstream_status: None, details: None },
-    };
-    let spec = templates.render(request, provider).map_err(|e| match e {
-        crate::template::RenderError::UnknownTemplate(_) => fail(ErrorCode::UnknownTemplate, e.to_string()),
-        other => fail(ErrorCode::InvalidRequest, other.to_string()),
-    })?;
-    let body = rt.provider.prepare(&spec, &request.request_id).map_err(|e| fail(ErrorCode::InvalidRequest, e))?;
-    Ok(Prepared {
-        target: m.target.clone(),
-        provider: provider.to_owned(),
-        template: spec.template.clone(),
-        template_version: spec.template_version.clone(),
-        natural_key: rt.provider.natural_key(&body),
-        spec: serde_json::to_value(&spec).unwrap_or(Value::Null),
-        body,
-    })
-}
-
-/// Rate limiting (ours, or the upstream's 429) delays a request; it does not use up its
-/// attempts.
-fn is_throttling(e: &CallError) -> bool {
-    e.class == ErrorClass::Throttled || (e.class == ErrorClass::Retryable && e.status == Some(429))
-}
-
-fn failure(code: ErrorCode, message: String, e: Option<&CallError>) -> Outcome {
-    Outcome::Failed {
-        error: EventError {
-            code,
-            message,
-            upstream_status: e.and_then(|e| e.status),
-            details: e.and_then(|e| e.details.clone()),
-        },
-    }
-}
-
-fn attempt<T: providers::Answered>(
-    call: &'static str,
-    started_at: OffsetDateTime,
-    duration: Duration,
-    result: &Result<T, CallError>,
-) -> AttemptRecord {
-    let (status, outcome, error) = match result {
-        Ok(v) => (Some(v.status()), "ok".to_owned(), None),
-        Err(e) => (e.status, format!("{:?}", e.class).to_lowercase(), Some(e.message.clone())),
-    };
-    AttemptRecord { call, started_at, duration, status, outcome, error }
-}
-
-/// Renews the lease and tells JetStream the message is still being worked on.
-async fn heartbeat(store: Store, claim: Claim, lease: Duration, lost: CancellationToken) {
-    let every = lease / 3;
-    loop {
-        tokio::time::sleep(every).await;
-        match store.heartbeat(&claim, lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                lost.cancel();
-                return;
-            }
-            Err(e) => tracing::warn!(error = %e, "lease heartbeat failed"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `orgprov demo`: the whole pipeline on this machine's NATS and Postgres, against the
-//! built-in simulator with faults switched on.
+//! built-in simulator (crate `orgprov-sim`) with faults switched on. Compiled only with the
+//! `simulator` feature.
 //!
 //! It starts a simulator and a worker in-process on fresh, run-specific streams and subjects,
 //! publishes a batch of valid requests plus duplicates and every kind of bad input, waits for
@@ -14,11 +15,11 @@ use async_nats::jetstream;
 use clap::Args;
 use futures::StreamExt;
 use futures::future::join_all;
+use orgprov_sim::{Faults, RateLimit, Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 
 use crate::config::{RateLimitSettings, RetrySettings, Settings, TargetSettings};
 use crate::contract::{self, FAILED_TYPE, PROVISIONED_TYPE};
-use crate::simulator::{Faults, RateLimit, Simulator, SimulatorConfig};
 use crate::template::Templates;
 use crate::worker::Worker;
 

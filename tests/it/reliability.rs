@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use orgprov::fault::CrashPoint;
-use orgprov::simulator::{Faults, ScriptedFault, Simulator, SimulatorConfig};
+use orgprov_sim::{Faults, ScriptedFault, Simulator, SimulatorConfig};
 use serde_json::json;
 
 use crate::helpers::{TARGET, TestEnv, target_settings};

@@ -1,15 +1,23 @@
-//! An in-process HTTP server that imitates identity providers' create-organization APIs, so the
-//! worker's tests and the demo run against something with the real wire contract: tokens that
+//! orgprov-sim: an HTTP server that imitates identity providers' create-organization APIs, so
+//! orgprov's tests and demo run against something with the real wire contract: tokens that
 //! expire, validation errors, name conflicts, rate limits, and the failures that make creates
 //! ambiguous (lost responses, dropped connections, late commits). Like the real providers it
 //! ignores `Idempotency-Key`; only reconciliation by natural key makes a client correct here.
 //!
+//! It is a crate of its own because it is a tool, not part of the product: the worker uses it
+//! as a dev-dependency and behind its default `simulator` feature (`orgprov simulate`,
+//! `orgprov demo`), and a production build leaves it out. It knows nothing of the worker.
+//! [`Simulator`] runs it in-process; the `orgprov-sim` binary and [`cli`] (feature `cli`) serve
+//! it from the command line.
+//!
 //! Each provider is one module with a `routes(state) -> Router`, registered in `PROVIDERS` and
 //! mounted under `/{provider}` so several providers share one port. `/_sim/*` is an admin API for
-//! the `orgprov simulate` CLI and other processes.
+//! the command line and other processes.
 
 mod auth0;
 mod biot;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod faults;
 mod logto;
 mod secureauth;
@@ -61,6 +69,11 @@ const PROVIDERS: &[ProviderSpec] = &[
     ProviderSpec { name: "secureauth", routes: secureauth::routes, normalize_seed: secureauth::normalize_seed },
     ProviderSpec { name: "stytch", routes: stytch::routes, normalize_seed: stytch::normalize_seed },
 ];
+
+/// The names of the providers a simulator can serve, in registration order.
+pub fn provider_names() -> impl Iterator<Item = &'static str> {
+    PROVIDERS.iter().map(|spec| spec.name)
+}
 
 fn provider_spec(name: &str) -> Option<&'static ProviderSpec> {
     PROVIDERS.iter().find(|spec| spec.name == name)
@@ -154,7 +167,7 @@ impl Simulator {
         let mut names: Vec<String> = Vec::new();
         for name in &config.providers {
             if provider_spec(name).is_none() {
-                let known: Vec<&str> = PROVIDERS.iter().map(|spec| spec.name).collect();
+                let known: Vec<&str> = provider_names().collect();
                 anyhow::bail!("unknown simulated provider {name:?} (known: {})", known.join(", "));
             }
             if !names.contains(name) {
@@ -795,10 +808,10 @@ mod testing {
 
     /// The HTTP client for the tests.
     pub fn client() -> reqwest::Client {
-        // The crate builds reqwest with `rustls-no-provider`, and building any Client (even one
-        // that only speaks plain http) needs a process-wide crypto provider. A second install
-        // fails harmlessly, so every test can call this.
-        crate::install_crypto_provider();
+        // The workspace builds reqwest with `rustls-no-provider`, and building any Client (even
+        // one that only speaks plain http) needs a process-wide crypto provider: ring, as in
+        // orgprov. A second install fails harmlessly, so every test can call this.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client")
     }
 

@@ -6,21 +6,24 @@
 //! API, which rejects such payloads with 400.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, DATE, PRAGMA, RETRY_AFTER};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use base64::Engine as _;
+use axum::routing::{MethodRouter, get, post};
 use serde_json::{Map, Value, json};
 
-use super::faults::RateDecision;
-use super::{Authorized, DropConnection, ScriptedFault, SimState, TokenStatus, http_date_now};
+use crate::faults::RateDecision;
+use crate::provider::{CreateCall, Served, SimulatedProvider};
+use crate::state::{SimState, TokenStatus, has_text};
+use crate::wire::{
+    NoBearer, authorized, bearer_token, client_secret_basic, decode_form_pair, form_pairs, with_retry_after,
+};
 
 /// Path prefix and state key of this provider.
 const PROVIDER: &str = "auth0";
@@ -55,27 +58,83 @@ const DESC_SIGNUP: &str = "Determines whether organization signup should be enab
 const NAME_PATTERN: &str = "^[a-z0-9\\-_]+$";
 const COLOR_PATTERN: &str = "^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$";
 
-/// The Auth0 routes, to be mounted under `/auth0`.
-pub(crate) fn routes(state: Arc<SimState>) -> Router {
-    Router::new()
-        .route("/oauth/token", post(issue_token))
-        .route("/api/v2/organizations", post(create_organization))
-        .route("/api/v2/organizations/name/{name}", get(get_organization_by_name))
-        .route("/api/v2/organizations/{id}", get(get_organization_by_id))
-        .fallback(api_not_found)
-        .with_state(state)
-}
+/// A simulated Auth0 tenant. Every answer of the Management API reports the tenant's token
+/// bucket in `x-ratelimit-*` headers, so the rate decision travels with the call.
+#[derive(Default)]
+pub(crate) struct Auth0;
 
-/// Gives a seeded organization an `org_…` id when it has none, placed first like Auth0 does.
-pub(crate) fn normalize_seed(org: Value) -> Value {
-    match org {
-        Value::Object(fields) if !fields.contains_key("id") => {
-            let mut with_id = Map::new();
-            with_id.insert("id".to_owned(), Value::String(new_org_id()));
-            with_id.extend(fields);
-            Value::Object(with_id)
+impl SimulatedProvider for Auth0 {
+    const NAME: &'static str = PROVIDER;
+    type Draft = Map<String, Value>;
+    type Charge = RateDecision;
+
+    fn routes(create: MethodRouter<Arc<Served<Self>>>) -> Router<Arc<Served<Self>>> {
+        Router::new()
+            .route("/oauth/token", post(issue_token))
+            .route("/api/v2/organizations", create)
+            .route("/api/v2/organizations/name/{name}", get(get_organization_by_name))
+            .route("/api/v2/organizations/{id}", get(get_organization_by_id))
+            .fallback(api_not_found)
+    }
+
+    /// Gives a seeded organization an `org_…` id when it has none, placed first like Auth0 does.
+    fn normalize_seed(org: Value) -> Value {
+        match org {
+            Value::Object(fields) if !fields.contains_key("id") => {
+                let mut with_id = Map::new();
+                with_id.insert("id".to_owned(), Value::String(new_org_id()));
+                with_id.extend(fields);
+                Value::Object(with_id)
+            }
+            other => other,
         }
-        other => other,
+    }
+
+    fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+        // Worded as Auth0 words it.
+        let message = match bearer_token(headers).map(|token| sim.check_token(PROVIDER, token)) {
+            Ok(TokenStatus::Valid) => return Ok(()),
+            Ok(TokenStatus::Expired) => "Expired token received for JSON Web Token validation",
+            Ok(TokenStatus::Unknown) => "Invalid token",
+            Err(NoBearer::Missing) => "Missing authentication",
+            Err(NoBearer::Unreadable | NoBearer::OtherScheme) => "Bad HTTP authentication header format",
+        };
+        Err(unauthorized(message))
+    }
+
+    fn charge(&self, sim: &SimState) -> RateDecision {
+        sim.take_rate_limit(PROVIDER)
+    }
+
+    fn too_many_requests(&self) -> Response {
+        api_error(StatusCode::TOO_MANY_REQUESTS, "Global limit has been reached", Some("too_many_requests"))
+    }
+
+    /// A scripted 429 also reports an exhausted bucket in the rate-limit headers.
+    fn rate_limited(&self, retry_after_secs: Option<u64>, rate: &mut RateDecision) -> Response {
+        *rate = exhausted(*rate, retry_after_secs);
+        with_retry_after(self.too_many_requests(), retry_after_secs)
+    }
+
+    /// What every Management API answer carries: the tenant's rate-limit headers (clients
+    /// compare `x-ratelimit-reset` against the `Date`).
+    fn finish(&self, response: &mut Response, rate: &RateDecision) {
+        let headers = response.headers_mut();
+        headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset_epoch));
+    }
+
+    fn validate(&self, call: &CreateCall) -> Result<Map<String, Value>, Response> {
+        prepare(&call.headers, &call.body).map_err(IntoResponse::into_response)
+    }
+
+    fn store(&self, sim: &SimState, fields: Map<String, Value>) -> Result<Value, Response> {
+        store_if_free(sim, fields).ok_or_else(conflict)
+    }
+
+    fn error_for_status(&self, status: u16) -> Response {
+        error_for_status(status)
     }
 }
 
@@ -91,9 +150,7 @@ fn new_org_id() -> String {
 /// The Authentication API's error shape (different from the Management API's).
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let body = json!({ "error": error, "error_description": description });
-    let mut response = (status, Json(body)).into_response();
-    response.extensions_mut().insert(Authorized(false));
-    response
+    authorized((status, Json(body)).into_response(), false)
 }
 
 /// Reads the token request's parameters from a JSON or form body, as Auth0 accepts both.
@@ -108,35 +165,15 @@ fn token_params(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, 
     }
     let text = std::str::from_utf8(body).map_err(|_| "Invalid request body".to_owned())?;
     let mut params = Map::new();
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            urlencoding::decode(&s.replace('+', " "))
-                .map(|c| c.into_owned())
-                .map_err(|_| "Invalid form encoding".to_owned())
-        };
-        params.insert(decode(key)?, Value::String(decode(value)?));
+    for pair in form_pairs(text) {
+        let (key, value) = decode_form_pair(pair).ok_or_else(|| "Invalid form encoding".to_owned())?;
+        params.insert(key, Value::String(value));
     }
     Ok(params)
 }
 
-/// `client_secret_basic`: `Authorization: Basic base64(id:secret)`, an alternative Auth0 allows
-/// to sending the credentials in the body.
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (id, secret) = text.split_once(':')?;
-    let id = urlencoding::decode(id).ok()?.into_owned();
-    let secret = urlencoding::decode(secret).ok()?.into_owned();
-    Some((id, secret))
-}
-
-async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn issue_token(State(served): State<Arc<Served<Auth0>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let state = &served.sim;
     let params = match token_params(&headers, &body) {
         Ok(params) => params,
         Err(description) => {
@@ -157,7 +194,8 @@ async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
     }
     let (client_id, client_secret) = match (param("client_id"), param("client_secret")) {
         (Some(id), Some(secret)) => (id, secret),
-        _ => basic_credentials(&headers).unwrap_or_default(),
+        // `client_secret_basic`, the alternative Auth0 allows to sending them in the body.
+        _ => client_secret_basic(&headers).unwrap_or_default(),
     };
     if client_id != state.client_id || client_secret != state.client_secret {
         return oauth_error(StatusCode::UNAUTHORIZED, "access_denied", "Unauthorized");
@@ -187,8 +225,7 @@ async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    response.extensions_mut().insert(Authorized(true));
-    response
+    authorized(response, true)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,10 +268,6 @@ fn not_found() -> Response {
     api_error(StatusCode::NOT_FOUND, "No organization found by that name or id", Some("inexistent_organization"))
 }
 
-fn too_many_requests() -> Response {
-    api_error(StatusCode::TOO_MANY_REQUESTS, "Global limit has been reached", Some("too_many_requests"))
-}
-
 fn service_unavailable() -> Response {
     api_error(StatusCode::SERVICE_UNAVAILABLE, "The service is temporarily unavailable", None)
 }
@@ -243,7 +276,7 @@ fn gateway_timeout() -> Response {
     api_error(StatusCode::GATEWAY_TIMEOUT, "Request timed out", None)
 }
 
-/// The body Auth0 would send with `status` for a scripted `Status` fault.
+/// The body Auth0 would send with `status`.
 fn error_for_status(status: u16) -> Response {
     let Ok(status) = StatusCode::from_u16(status) else {
         // Not a representable HTTP status: the closest honest answer is a server error.
@@ -257,7 +290,6 @@ fn error_for_status(status: u16) -> Response {
         }
         404 => not_found(),
         409 => conflict(),
-        429 => too_many_requests(),
         500 => api_error(status, "An internal server error occurred", None),
         503 => service_unavailable(),
         504 => gateway_timeout(),
@@ -265,118 +297,13 @@ fn error_for_status(status: u16) -> Response {
     }
 }
 
-/// Adds what every Management API response carries: the tenant's rate-limit headers and a
-/// `Date` (clients compare `x-ratelimit-reset` against it), plus the recording marker.
-fn finish(mut response: Response, rate: RateDecision, authorized: bool) -> Response {
-    let headers = response.headers_mut();
-    headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
-    headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset_epoch));
-    if let Ok(date) = HeaderValue::from_str(&http_date_now()) {
-        headers.insert(DATE, date);
-    }
-    response.extensions_mut().insert(Authorized(authorized));
-    response
-}
-
 async fn api_not_found() -> Response {
     api_error(StatusCode::NOT_FOUND, "Not Found", None)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Management API: admission (token, rate limit, latency)
-// ---------------------------------------------------------------------------------------------
-
-/// Why a bearer token was refused, worded as Auth0 words it.
-fn bearer_check(state: &SimState, headers: &HeaderMap) -> Result<(), &'static str> {
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Err("Missing authentication");
-    };
-    let value = value.to_str().map_err(|_| "Bad HTTP authentication header format")?;
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err("Bad HTTP authentication header format"),
-    };
-    match state.check_token(PROVIDER, token) {
-        TokenStatus::Valid => Ok(()),
-        TokenStatus::Expired => Err("Expired token received for JSON Web Token validation"),
-        TokenStatus::Unknown => Err("Invalid token"),
-    }
-}
-
-/// Every Management API call passes here: it is charged to the tenant bucket (401s and 429s
-/// included, as on a real tenant), delayed by the configured latency, and authenticated.
-/// `Err` is the finished refusal.
-async fn admit(state: &SimState, headers: &HeaderMap) -> Result<RateDecision, Response> {
-    let auth = bearer_check(state, headers);
-    let rate = state.take_rate_limit(PROVIDER);
-    if !rate.allowed {
-        // Refused at the edge: no latency, no processing.
-        return Err(finish(too_many_requests(), rate, auth.is_ok()));
-    }
-    let latency = state.faults().latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    match auth {
-        Ok(()) => Ok(rate),
-        Err(message) => Err(finish(unauthorized(message), rate, false)),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Management API: organizations
 // ---------------------------------------------------------------------------------------------
-
-async fn create_organization(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let rate = match admit(&state, &headers).await {
-        Ok(rate) => rate,
-        Err(refusal) => return refusal,
-    };
-    // The fault is drawn only for admitted calls, so a script is not eaten by 401s/429s that a
-    // client is expected to retry through.
-    let (response, rate) = match state.next_create_fault(PROVIDER) {
-        None => (commit(&state, &headers, &body), rate),
-        Some(ScriptedFault::Hang { ms }) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            (commit(&state, &headers, &body), rate)
-        }
-        Some(ScriptedFault::Status { status }) => {
-            let rate = if status == 429 { exhausted(rate, None) } else { rate };
-            (error_for_status(status), rate)
-        }
-        Some(ScriptedFault::RateLimited { retry_after_secs }) => {
-            let mut response = too_many_requests();
-            if let Some(secs) = retry_after_secs {
-                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-            }
-            (response, exhausted(rate, retry_after_secs))
-        }
-        Some(ScriptedFault::LostResponse) => {
-            // The provider did its work (whatever the outcome); only the answer is lost.
-            let _ = commit(&state, &headers, &body);
-            (gateway_timeout(), rate)
-        }
-        Some(ScriptedFault::DropConnection) => {
-            let _ = commit(&state, &headers, &body);
-            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            response.extensions_mut().insert(DropConnection);
-            (response, rate)
-        }
-        Some(ScriptedFault::LateCommit { delay_ms }) => {
-            // A payload that would be refused is never committed; a valid one is stored later
-            // unless someone took the name meanwhile (then the late write simply loses).
-            if let Ok(org) = prepare(&headers, &body) {
-                let late_state = state.clone();
-                state.spawn_delayed(Duration::from_millis(delay_ms), move || {
-                    let _ = store_if_free(&late_state, org);
-                });
-            }
-            (service_unavailable(), rate)
-        }
-    };
-    finish(response, rate, true)
-}
 
 /// Rate-limit headers for a scripted 429: nothing left, full again after `retry_after` (or at
 /// least the next second).
@@ -387,17 +314,6 @@ fn exhausted(rate: RateDecision, retry_after_secs: Option<u64>) -> RateDecision 
         remaining: 0,
         reset_epoch: rate.reset_epoch.max(now + retry_after_secs.unwrap_or(1).max(1)),
         ..rate
-    }
-}
-
-/// Normal processing of a create: validate, then store unless the name is taken.
-fn commit(state: &SimState, headers: &HeaderMap, body: &[u8]) -> Response {
-    match prepare(headers, body) {
-        Ok(org) => match store_if_free(state, org) {
-            Some(stored) => (StatusCode::CREATED, Json(stored)).into_response(),
-            None => conflict(),
-        },
-        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -470,36 +386,26 @@ fn as_fetched(org: &Value) -> Value {
 }
 
 async fn get_organization_by_name(
-    State(state): State<Arc<SimState>>,
+    State(served): State<Arc<Served<Auth0>>>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    lookup(&state, &headers, "name", &name).await
+    served.call(&headers, |sim| lookup(sim, "name", &name)).await
 }
 
 async fn get_organization_by_id(
-    State(state): State<Arc<SimState>>,
+    State(served): State<Arc<Served<Auth0>>>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    lookup(&state, &headers, "id", &id).await
+    served.call(&headers, |sim| lookup(sim, "id", &id)).await
 }
 
-async fn lookup(state: &SimState, headers: &HeaderMap, field: &str, wanted: &str) -> Response {
-    let rate = match admit(state, headers).await {
-        Ok(rate) => rate,
-        Err(refusal) => return refusal,
-    };
-    let found = state
-        .with_provider(PROVIDER, |p| {
-            p.orgs.iter().find(|org| org.get(field).and_then(Value::as_str) == Some(wanted)).map(as_fetched)
-        })
-        .flatten();
-    let response = match found {
-        Some(org) => (StatusCode::OK, Json(org)).into_response(),
+fn lookup(sim: &SimState, field: &str, wanted: &str) -> Response {
+    match sim.find_organization(PROVIDER, |org| has_text(org, field, wanted)) {
+        Some(org) => (StatusCode::OK, Json(as_fetched(&org))).into_response(),
         None => not_found(),
-    };
-    finish(response, rate, true)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -740,7 +646,10 @@ fn validate_connections(connections: &Value) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{client, json_of, start_with};
+    use crate::ScriptedFault;
+    use axum::http::header::RETRY_AFTER;
     use std::net::SocketAddr;
+    use std::time::Duration;
     use std::time::Instant;
 
     use super::super::{Faults, RateLimit, Simulator, SimulatorConfig};

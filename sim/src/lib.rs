@@ -10,48 +10,50 @@
 //! [`Simulator`] runs it in-process; the `orgprov-sim` binary and [`cli`] (feature `cli`) serve
 //! it from the command line.
 //!
-//! Each provider is one module with a `routes(state) -> Router`, registered in `PROVIDERS` and
-//! mounted under `/{provider}` so several providers share one port. `/_sim/*` is an admin API for
-//! the command line and other processes.
+//! Each provider is one module implementing `provider::SimulatedProvider` with its wire
+//! specifics only (routes, token endpoint, validation, storage, error bodies, rate-limit
+//! answer); admission and the faults of a create are shared (`provider`). Providers are
+//! registered in `PROVIDERS`, one line each, and mounted under `/{provider}` so several share one
+//! port. `/_sim/*` is an admin API (`admin`) for the command line and other processes; `state`
+//! holds what the handlers share, `connection` the connections a fault can cut, `wire` the HTTP
+//! details the providers share.
 
+mod admin;
 mod auth0;
 mod biot;
 #[cfg(feature = "cli")]
 pub mod cli;
+mod connection;
 mod faults;
 mod logto;
+mod provider;
 mod secureauth;
+mod state;
 mod stytch;
+mod wire;
 
 pub use faults::{Faults, RateLimit, ScriptedFault};
 
-use std::collections::{HashMap, VecDeque};
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::Json;
 use axum::Router;
-use axum::extract::connect_info::Connected;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
-use axum::serve::{IncomingStream, Listener};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 
-use faults::{RateDecision, TokenBucket};
+use connection::{ConnectionHandle, ConnectionRegistry, KillableListener};
+use provider::SimulatedProvider;
+use state::SimState;
+use wire::{Authorized, DropConnection};
 
 /// One simulated provider: its path prefix and how to build its routes.
 struct ProviderSpec {
@@ -61,13 +63,19 @@ struct ProviderSpec {
     normalize_seed: fn(Value) -> Value,
 }
 
-/// The one place providers are registered. Adding a provider = one module + one entry.
+impl ProviderSpec {
+    const fn of<P: SimulatedProvider>() -> ProviderSpec {
+        ProviderSpec { name: P::NAME, routes: provider::mount::<P>, normalize_seed: P::normalize_seed }
+    }
+}
+
+/// The one place providers are registered. Adding a provider = one module + one line.
 const PROVIDERS: &[ProviderSpec] = &[
-    ProviderSpec { name: "auth0", routes: auth0::routes, normalize_seed: auth0::normalize_seed },
-    ProviderSpec { name: "biot", routes: biot::routes, normalize_seed: biot::normalize_seed },
-    ProviderSpec { name: "logto", routes: logto::routes, normalize_seed: logto::normalize_seed },
-    ProviderSpec { name: "secureauth", routes: secureauth::routes, normalize_seed: secureauth::normalize_seed },
-    ProviderSpec { name: "stytch", routes: stytch::routes, normalize_seed: stytch::normalize_seed },
+    ProviderSpec::of::<auth0::Auth0>(),
+    ProviderSpec::of::<biot::Biot>(),
+    ProviderSpec::of::<logto::Logto>(),
+    ProviderSpec::of::<secureauth::SecureAuth>(),
+    ProviderSpec::of::<stytch::Stytch>(),
 ];
 
 /// The names of the providers a simulator can serve, in registration order.
@@ -183,7 +191,7 @@ impl Simulator {
             }
         }
         let app = app
-            .nest("/_sim", admin_routes(state.clone()))
+            .nest("/_sim", admin::routes(state.clone()))
             .fallback(not_found)
             .layer(axum::middleware::from_fn_with_state(state.clone(), record_request));
 
@@ -229,7 +237,7 @@ impl Simulator {
 
     /// Every request served so far, in the order the responses were produced.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        self.state.lock().requests.clone()
+        self.state.requests()
     }
 
     /// Replaces the fault settings of all providers from now on.
@@ -284,189 +292,6 @@ impl Drop for Simulator {
             server.abort();
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared state
-// ---------------------------------------------------------------------------------------------
-
-/// State shared by the handlers of all providers and the `Simulator` handle.
-pub(crate) struct SimState {
-    pub(crate) client_id: String,
-    pub(crate) client_secret: String,
-    pub(crate) token_ttl: Duration,
-    inner: Mutex<Inner>,
-    /// Delayed work (late commits) that must not outlive the simulator.
-    background: Mutex<Vec<AbortHandle>>,
-}
-
-struct Inner {
-    faults: Faults,
-    requests: Vec<RecordedRequest>,
-    providers: HashMap<String, ProviderState>,
-}
-
-/// One provider's tenant: its data, its credentials and its rate-limit bucket.
-pub(crate) struct ProviderState {
-    /// Stored organizations in creation order, in the shape the create call returned.
-    pub(crate) orgs: Vec<Value>,
-    pub(crate) tokens: HashMap<String, IssuedToken>,
-    pub(crate) script: VecDeque<ScriptedFault>,
-    bucket: TokenBucket,
-}
-
-pub(crate) struct IssuedToken {
-    pub(crate) expires_at: Instant,
-    pub(crate) revoked: bool,
-}
-
-/// What a presented bearer token turned out to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum TokenStatus {
-    Valid,
-    /// Issued by us but expired or revoked.
-    Expired,
-    Unknown,
-}
-
-impl SimState {
-    fn new(config: &SimulatorConfig, providers: &[String]) -> Self {
-        let providers = providers
-            .iter()
-            .map(|name| {
-                let state = ProviderState {
-                    orgs: Vec::new(),
-                    tokens: HashMap::new(),
-                    script: VecDeque::new(),
-                    bucket: TokenBucket::new(config.faults.rate_limit),
-                };
-                (name.clone(), state)
-            })
-            .collect();
-        SimState {
-            client_id: config.client_id.clone(),
-            client_secret: config.client_secret.clone(),
-            token_ttl: config.token_ttl,
-            inner: Mutex::new(Inner { faults: config.faults.clone(), requests: Vec::new(), providers }),
-            background: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("simulator state poisoned")
-    }
-
-    fn is_provider(&self, name: &str) -> bool {
-        self.lock().providers.contains_key(name)
-    }
-
-    /// Runs `f` on a provider's state under the lock; `None` if the provider is not served.
-    pub(crate) fn with_provider<R>(&self, provider: &str, f: impl FnOnce(&mut ProviderState) -> R) -> Option<R> {
-        self.lock().providers.get_mut(provider).map(f)
-    }
-
-    pub(crate) fn faults(&self) -> Faults {
-        self.lock().faults.clone()
-    }
-
-    fn set_faults(&self, faults: Faults) {
-        let mut inner = self.lock();
-        for provider in inner.providers.values_mut() {
-            provider.bucket.reconfigure(faults.rate_limit);
-        }
-        inner.faults = faults;
-    }
-
-    /// The fault for one create call: the next scripted entry, else a random draw.
-    pub(crate) fn next_create_fault(&self, provider: &str) -> Option<ScriptedFault> {
-        let mut inner = self.lock();
-        let scripted = inner.providers.get_mut(provider).and_then(|p| p.script.pop_front());
-        scripted.or_else(|| inner.faults.draw_create_fault())
-    }
-
-    /// Charges one management-API call to the provider's tenant bucket.
-    pub(crate) fn take_rate_limit(&self, provider: &str) -> RateDecision {
-        let now_epoch = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-        let now = Instant::now();
-        self.with_provider(provider, |p| p.bucket.take(now, now_epoch))
-            .unwrap_or_else(|| TokenBucket::new(None).take(now, now_epoch))
-    }
-
-    /// Issues a fresh opaque token for `provider` valid for the configured TTL.
-    pub(crate) fn issue_token(&self, provider: &str) -> String {
-        let token: String = std::iter::repeat_with(fastrand::alphanumeric).take(48).collect();
-        let expires_at = Instant::now() + self.token_ttl;
-        self.with_provider(provider, |p| {
-            p.tokens.insert(token.clone(), IssuedToken { expires_at, revoked: false });
-        });
-        token
-    }
-
-    pub(crate) fn check_token(&self, provider: &str, token: &str) -> TokenStatus {
-        let now = Instant::now();
-        self.with_provider(provider, |p| match p.tokens.get(token) {
-            None => TokenStatus::Unknown,
-            Some(t) if t.revoked || t.expires_at <= now => TokenStatus::Expired,
-            Some(_) => TokenStatus::Valid,
-        })
-        .unwrap_or(TokenStatus::Unknown)
-    }
-
-    fn revoke_tokens(&self) {
-        let mut inner = self.lock();
-        for provider in inner.providers.values_mut() {
-            for token in provider.tokens.values_mut() {
-                token.revoked = true;
-            }
-        }
-    }
-
-    fn insert_seed(&self, provider: &str, org: Value) -> Option<Value> {
-        let spec = provider_spec(provider)?;
-        let org = (spec.normalize_seed)(org);
-        self.with_provider(provider, |p| {
-            p.orgs.push(org.clone());
-            org
-        })
-    }
-
-    fn record(&self, request: RecordedRequest) {
-        self.lock().requests.push(request);
-    }
-
-    /// Runs `work` after `delay` unless the simulator shuts down first.
-    pub(crate) fn spawn_delayed(&self, delay: Duration, work: impl FnOnce() + Send + 'static) -> AbortHandle {
-        let task = tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            work();
-        });
-        let handle = task.abort_handle();
-        let mut background = self.background.lock().expect("simulator state poisoned");
-        background.retain(|h| !h.is_finished());
-        background.push(handle.clone());
-        handle
-    }
-
-    fn abort_background(&self) {
-        let mut background = self.background.lock().expect("simulator state poisoned");
-        for handle in background.drain(..) {
-            handle.abort();
-        }
-    }
-}
-
-/// Response extension a provider handler sets to say whether the caller was authenticated;
-/// the recording middleware copies it into [`RecordedRequest::authorized`].
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Authorized(pub(crate) bool);
-
-/// Response extension a provider handler sets to have the connection closed with no response.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct DropConnection;
-
-/// Current wall-clock seconds as an HTTP `Date` value.
-pub(crate) fn http_date_now() -> String {
-    httpdate::fmt_http_date(SystemTime::now())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -531,268 +356,6 @@ async fn record_request(State(state): State<Arc<SimState>>, req: Request, next: 
 
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Admin API
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Deserialize)]
-struct ProviderQuery {
-    provider: String,
-}
-
-fn admin_routes(state: Arc<SimState>) -> Router {
-    Router::new()
-        .route("/health", get(|| async { "ok" }))
-        .route("/organizations", get(admin_organizations).post(admin_insert_organization))
-        .route("/requests", get(admin_requests))
-        .route("/faults", put(admin_set_faults).get(admin_get_faults))
-        .route("/script", post(admin_push_script))
-        .route("/revoke-tokens", post(admin_revoke_tokens))
-        .with_state(state)
-}
-
-fn unknown_provider(provider: &str) -> Response {
-    let body = serde_json::json!({ "error": format!("unknown provider {provider:?}") });
-    (StatusCode::NOT_FOUND, Json(body)).into_response()
-}
-
-async fn admin_organizations(State(state): State<Arc<SimState>>, Query(query): Query<ProviderQuery>) -> Response {
-    match state.with_provider(&query.provider, |p| p.orgs.clone()) {
-        Some(orgs) => Json(orgs).into_response(),
-        None => unknown_provider(&query.provider),
-    }
-}
-
-async fn admin_insert_organization(
-    State(state): State<Arc<SimState>>,
-    Query(query): Query<ProviderQuery>,
-    Json(org): Json<Value>,
-) -> Response {
-    match state.insert_seed(&query.provider, org) {
-        Some(stored) => (StatusCode::CREATED, Json(stored)).into_response(),
-        None => unknown_provider(&query.provider),
-    }
-}
-
-async fn admin_requests(State(state): State<Arc<SimState>>) -> Response {
-    Json(state.lock().requests.clone()).into_response()
-}
-
-async fn admin_get_faults(State(state): State<Arc<SimState>>) -> Response {
-    Json(state.faults()).into_response()
-}
-
-async fn admin_set_faults(State(state): State<Arc<SimState>>, Json(faults): Json<Faults>) -> Response {
-    state.set_faults(faults);
-    StatusCode::NO_CONTENT.into_response()
-}
-
-async fn admin_push_script(
-    State(state): State<Arc<SimState>>,
-    Query(query): Query<ProviderQuery>,
-    Json(script): Json<Vec<ScriptedFault>>,
-) -> Response {
-    match state.with_provider(&query.provider, |p| p.script.extend(script)) {
-        Some(()) => StatusCode::NO_CONTENT.into_response(),
-        None => unknown_provider(&query.provider),
-    }
-}
-
-async fn admin_revoke_tokens(State(state): State<Arc<SimState>>) -> Response {
-    state.revoke_tokens();
-    StatusCode::NO_CONTENT.into_response()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Connections that can be cut without a response
-// ---------------------------------------------------------------------------------------------
-//
-// axum gives handlers no way to abandon a connection, but it lets us choose the listener. Each
-// accepted socket is wrapped in a `KillableStream` whose switch reaches the handler through
-// `ConnectInfo`. Once the switch is thrown, every read and write fails, so hyper gives up on the
-// connection and drops the socket before writing anything: the client sees the connection close
-// with no HTTP response, exactly like a provider whose response was lost on the way.
-
-/// Per-connection kill switch.
-#[derive(Debug, Default)]
-struct KillSwitch {
-    killed: AtomicBool,
-    /// Tasks parked on the socket; woken on kill so they notice promptly.
-    wakers: Mutex<Vec<Waker>>,
-}
-
-impl KillSwitch {
-    fn kill(&self) {
-        self.killed.store(true, Ordering::SeqCst);
-        let wakers = std::mem::take(&mut *self.wakers.lock().expect("simulator state poisoned"));
-        for waker in wakers {
-            waker.wake();
-        }
-    }
-
-    fn is_killed(&self) -> bool {
-        self.killed.load(Ordering::SeqCst)
-    }
-
-    fn register(&self, waker: &Waker) {
-        let mut wakers = self.wakers.lock().expect("simulator state poisoned");
-        if !wakers.iter().any(|w| w.will_wake(waker)) {
-            wakers.push(waker.clone());
-        }
-    }
-}
-
-fn killed_error() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, "connection dropped by the simulator")
-}
-
-/// All live connections, so shutdown can close them.
-#[derive(Debug, Default)]
-struct ConnectionRegistry {
-    live: Mutex<Vec<Weak<KillSwitch>>>,
-}
-
-impl ConnectionRegistry {
-    fn add(&self, switch: &Arc<KillSwitch>) {
-        let mut live = self.live.lock().expect("simulator state poisoned");
-        live.retain(|w| w.strong_count() > 0);
-        live.push(Arc::downgrade(switch));
-    }
-
-    fn kill_all(&self) {
-        let live = std::mem::take(&mut *self.live.lock().expect("simulator state poisoned"));
-        for switch in live.iter().filter_map(Weak::upgrade) {
-            switch.kill();
-        }
-    }
-}
-
-struct KillableListener {
-    inner: TcpListener,
-    registry: Arc<ConnectionRegistry>,
-}
-
-impl Listener for KillableListener {
-    type Io = KillableStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, remote)) => {
-                    // Small JSON exchanges: don't let Nagle add latency nobody configured.
-                    let _ = stream.set_nodelay(true);
-                    let kill = Arc::new(KillSwitch::default());
-                    self.registry.add(&kill);
-                    return (KillableStream { inner: stream, kill }, remote);
-                }
-                Err(error) => {
-                    // Same policy as axum's own TcpListener: per-connection failures are the
-                    // client's problem; anything else (e.g. EMFILE) gets a pause before retrying.
-                    if !matches!(
-                        error.kind(),
-                        io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                    ) {
-                        tracing::error!(%error, "simulator accept failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-struct KillableStream {
-    inner: TcpStream,
-    kill: Arc<KillSwitch>,
-}
-
-impl KillableStream {
-    /// Fails if killed; otherwise registers for a wake-up on kill. Checked again after
-    /// registering so a kill racing with the registration is not missed.
-    fn check(&self, cx: &Context<'_>) -> io::Result<()> {
-        if self.kill.is_killed() {
-            return Err(killed_error());
-        }
-        self.kill.register(cx.waker());
-        if self.kill.is_killed() {
-            return Err(killed_error());
-        }
-        Ok(())
-    }
-}
-
-impl AsyncRead for KillableStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Err(error) = this.check(cx) {
-            return Poll::Ready(Err(error));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for KillableStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Err(error) = this.check(cx) {
-            return Poll::Ready(Err(error));
-        }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Err(error) = this.check(cx) {
-            return Poll::Ready(Err(error));
-        }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if let Err(error) = this.check(cx) {
-            return Poll::Ready(Err(error));
-        }
-        Pin::new(&mut this.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.kill.is_killed() {
-            return Poll::Ready(Err(killed_error()));
-        }
-        Pin::new(&mut this.inner).poll_shutdown(cx)
-    }
-}
-
-/// Connection info handed to every request: the peer and the connection's kill switch.
-#[derive(Clone, Debug)]
-struct ConnectionHandle {
-    remote: SocketAddr,
-    kill: Arc<KillSwitch>,
-}
-
-impl Connected<IncomingStream<'_, KillableListener>> for ConnectionHandle {
-    fn connect_info(stream: IncomingStream<'_, KillableListener>) -> Self {
-        ConnectionHandle { remote: *stream.remote_addr(), kill: stream.io().kill.clone() }
-    }
 }
 
 /// Helpers shared by the provider modules' tests.

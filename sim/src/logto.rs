@@ -29,20 +29,21 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, DATE, RETRY_AFTER};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use base64::Engine as _;
+use axum::routing::{MethodRouter, get, post};
 use serde_json::{Map, Value, json};
 
-use super::{Authorized, DropConnection, ScriptedFault, SimState, TokenStatus, http_date_now};
+use crate::provider::{CreateCall, Served, SimulatedProvider};
+use crate::state::{SimState, TokenStatus, has_text};
+use crate::wire::{NoBearer, authorized, bearer_token, client_secret_basic, decode_form_pair, form_pairs};
 
 /// Path prefix and state key of this provider.
 const PROVIDER: &str = "logto";
@@ -53,33 +54,79 @@ const PAGE_SIZE_MAX: usize = 100;
 const PAGE_SIZE_DEFAULT: usize = 20;
 const BRANDING_KEYS: &[&str] = &["logoUrl", "darkLogoUrl", "favicon", "darkFavicon"];
 
-/// The Logto routes, to be mounted under `/logto`.
-pub(crate) fn routes(state: Arc<SimState>) -> Router {
-    Router::new()
-        .route("/oidc/token", post(issue_token))
-        .route("/api/organizations", post(create_organization).get(list_organizations))
-        .route("/api/organizations/{id}", get(get_organization))
-        .fallback(api_not_found)
-        .with_state(state)
-}
+/// A simulated Logto tenant.
+#[derive(Default)]
+pub(crate) struct Logto;
 
-/// Completes a seeded organization with what Logto's server fills in.
-pub(crate) fn normalize_seed(org: Value) -> Value {
-    match org {
-        Value::Object(given) => {
-            let mut fields = Map::new();
-            fields.insert("tenantId".into(), json!(TENANT));
-            fields.insert("id".into(), json!(new_id()));
-            fields.insert("name".into(), json!(""));
-            fields.insert("description".into(), Value::Null);
-            fields.insert("customData".into(), json!({}));
-            fields.insert("isMfaRequired".into(), json!(false));
-            fields.insert("branding".into(), json!({}));
-            fields.insert("createdAt".into(), json!(now_ms()));
-            fields.extend(given);
-            Value::Object(fields)
+impl SimulatedProvider for Logto {
+    const NAME: &'static str = PROVIDER;
+    /// A late commit answers `Internal server error.` now.
+    const LATE_COMMIT_STATUS: u16 = 500;
+    type Draft = Map<String, Value>;
+    type Charge = bool;
+
+    fn routes(create: MethodRouter<Arc<Served<Self>>>) -> Router<Arc<Served<Self>>> {
+        Router::new()
+            .route("/oidc/token", post(issue_token))
+            .route("/api/organizations", create.get(list_organizations))
+            .route("/api/organizations/{id}", get(get_organization))
+            .fallback(api_not_found)
+    }
+
+    /// Completes a seeded organization with what Logto's server fills in.
+    fn normalize_seed(org: Value) -> Value {
+        match org {
+            Value::Object(given) => {
+                let mut fields = Map::new();
+                fields.insert("tenantId".into(), json!(TENANT));
+                fields.insert("id".into(), json!(new_id()));
+                fields.insert("name".into(), json!(""));
+                fields.insert("description".into(), Value::Null);
+                fields.insert("customData".into(), json!({}));
+                fields.insert("isMfaRequired".into(), json!(false));
+                fields.insert("branding".into(), json!({}));
+                fields.insert("createdAt".into(), json!(now_ms()));
+                fields.extend(given);
+                Value::Object(fields)
+            }
+            other => other,
         }
-        other => other,
+    }
+
+    fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+        match bearer_token(headers).map(|token| sim.check_token(PROVIDER, token)) {
+            Ok(TokenStatus::Valid) => Ok(()),
+            Ok(TokenStatus::Expired | TokenStatus::Unknown) => Err(unauthorized("auth.unauthorized", "Unauthorized.")),
+            Err(NoBearer::Missing | NoBearer::Unreadable) => {
+                Err(unauthorized("auth.authorization_header_missing", "Authorization header is missing."))
+            }
+            Err(NoBearer::OtherScheme) => {
+                Err(unauthorized("auth.authorization_token_type_not_supported", "Authorization type is not supported."))
+            }
+        }
+    }
+
+    /// Every `/api` call is charged to the tenant bucket.
+    fn charge(&self, sim: &SimState) -> bool {
+        sim.take_rate_limit(PROVIDER).allowed
+    }
+
+    /// Logto documents no code for its edge rate limit; this one follows its dotted style.
+    fn too_many_requests(&self) -> Response {
+        api_error(StatusCode::TOO_MANY_REQUESTS, "request.too_many_requests", "Too many requests.", None)
+    }
+
+    fn validate(&self, call: &CreateCall) -> Result<Map<String, Value>, Response> {
+        prepare(&call.headers, &call.body)
+    }
+
+    /// Nothing is unique in Logto, so a valid create (or late write) always lands.
+    fn store(&self, sim: &SimState, org: Map<String, Value>) -> Result<Value, Response> {
+        Ok(store(sim, org))
+    }
+
+    fn error_for_status(&self, status: u16) -> Response {
+        error_for_status(status)
     }
 }
 
@@ -122,11 +169,6 @@ fn unauthorized(code: &str, message: &str) -> Response {
     api_error(StatusCode::UNAUTHORIZED, code, message, None)
 }
 
-/// Logto documents no code for its edge rate limit; this one follows its dotted style.
-fn too_many_requests() -> Response {
-    api_error(StatusCode::TOO_MANY_REQUESTS, "request.too_many_requests", "Too many requests.", None)
-}
-
 fn server_error(status: StatusCode) -> Response {
     let message = match status.as_u16() {
         502 => "Bad gateway.",
@@ -137,7 +179,7 @@ fn server_error(status: StatusCode) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
 }
 
-/// The body Logto would send with `status` for a scripted `Status` fault.
+/// The body Logto would send with `status`.
 fn error_for_status(status: u16) -> Response {
     let Ok(code) = StatusCode::from_u16(status) else {
         return server_error(StatusCode::INTERNAL_SERVER_ERROR);
@@ -148,18 +190,9 @@ fn error_for_status(status: u16) -> Response {
         403 => api_error(code, "auth.forbidden", "Forbidden.", None),
         404 => api_error(code, "entity.not_found", "The resource does not exist.", None),
         422 => api_error(code, "entity.unprocessable", "The request could not be processed.", None),
-        429 => too_many_requests(),
         500..=599 => server_error(code),
         _ => api_error(code, "request.general", code.canonical_reason().unwrap_or("Error"), None),
     }
-}
-
-fn finish(mut response: Response, authorized: bool) -> Response {
-    if let Ok(date) = HeaderValue::from_str(&http_date_now()) {
-        response.headers_mut().insert(DATE, date);
-    }
-    response.extensions_mut().insert(Authorized(authorized));
-    response
 }
 
 async fn api_not_found() -> Response {
@@ -171,35 +204,18 @@ async fn api_not_found() -> Response {
 // ---------------------------------------------------------------------------------------------
 
 fn oidc_error(status: StatusCode, error: &str, description: &str) -> Response {
-    finish((status, Json(json!({ "error": error, "error_description": description }))).into_response(), false)
+    authorized((status, Json(json!({ "error": error, "error_description": description }))).into_response(), false)
 }
 
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let (id, secret) = String::from_utf8(decoded).ok()?.split_once(':').map(|(a, b)| (a.to_owned(), b.to_owned()))?;
-    Some((urlencoding::decode(&id).ok()?.into_owned(), urlencoding::decode(&secret).ok()?.into_owned()))
-}
-
+/// The form's parameters; pairs that do not decode are skipped, as a lenient server would.
 fn form(body: &[u8]) -> HashMap<String, String> {
-    let text = String::from_utf8_lossy(body);
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| urlencoding::decode(&s.replace('+', " ")).ok().map(|c| c.into_owned());
-            Some((decode(k)?, decode(v)?))
-        })
-        .collect()
+    form_pairs(&String::from_utf8_lossy(body)).filter_map(decode_form_pair).collect()
 }
 
-async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn issue_token(State(served): State<Arc<Served<Logto>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let state = &served.sim;
     let params = form(&body);
-    let Some((id, secret)) = basic_credentials(&headers) else {
+    let Some((id, secret)) = client_secret_basic(&headers) else {
         return oidc_error(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
@@ -239,96 +255,12 @@ async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
     });
     let mut response = (StatusCode::OK, Json(body)).into_response();
     response.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    finish(response, true)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Management API: admission
-// ---------------------------------------------------------------------------------------------
-
-fn bearer_check(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
-    let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return Err(unauthorized("auth.authorization_header_missing", "Authorization header is missing."));
-    };
-    let Some(token) = value.split_once(' ').filter(|(s, _)| s.eq_ignore_ascii_case("bearer")).map(|(_, t)| t.trim())
-    else {
-        return Err(unauthorized(
-            "auth.authorization_token_type_not_supported",
-            "Authorization type is not supported.",
-        ));
-    };
-    match state.check_token(PROVIDER, token) {
-        TokenStatus::Valid => Ok(()),
-        TokenStatus::Expired | TokenStatus::Unknown => Err(unauthorized("auth.unauthorized", "Unauthorized.")),
-    }
-}
-
-/// Every `/api` call is charged to the tenant bucket, delayed by the configured latency and
-/// authenticated; `Err` is the finished refusal.
-async fn admit(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
-    let auth = bearer_check(state, headers);
-    if !state.take_rate_limit(PROVIDER).allowed {
-        return Err(finish(too_many_requests(), auth.is_ok()));
-    }
-    let latency = state.faults().latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    auth.map_err(|refusal| finish(refusal, false))
+    authorized(response, true)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Management API: organizations
 // ---------------------------------------------------------------------------------------------
-
-async fn create_organization(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refusal) = admit(&state, &headers).await {
-        return refusal;
-    }
-    let response = match state.next_create_fault(PROVIDER) {
-        None => commit(&state, &headers, &body),
-        Some(ScriptedFault::Hang { ms }) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            commit(&state, &headers, &body)
-        }
-        Some(ScriptedFault::Status { status }) => error_for_status(status),
-        Some(ScriptedFault::RateLimited { retry_after_secs }) => {
-            let mut response = too_many_requests();
-            if let Some(secs) = retry_after_secs {
-                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-            }
-            response
-        }
-        Some(ScriptedFault::LostResponse) => {
-            let _ = commit(&state, &headers, &body);
-            server_error(StatusCode::GATEWAY_TIMEOUT)
-        }
-        Some(ScriptedFault::DropConnection) => {
-            let _ = commit(&state, &headers, &body);
-            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            response.extensions_mut().insert(DropConnection);
-            response
-        }
-        Some(ScriptedFault::LateCommit { delay_ms }) => {
-            // Nothing is unique in Logto, so a valid late write always lands.
-            if let Ok(org) = prepare(&headers, &body) {
-                let late_state = state.clone();
-                state.spawn_delayed(Duration::from_millis(delay_ms), move || {
-                    store(&late_state, org);
-                });
-            }
-            server_error(StatusCode::INTERNAL_SERVER_ERROR)
-        }
-    };
-    finish(response, true)
-}
-
-fn commit(state: &SimState, headers: &HeaderMap, body: &[u8]) -> Response {
-    match prepare(headers, body) {
-        Ok(org) => (StatusCode::CREATED, Json(store(state, org))).into_response(),
-        Err(refusal) => refusal,
-    }
-}
 
 /// Stores a new organization (ids and timestamps are assigned at commit time).
 fn store(state: &SimState, mut org: Map<String, Value>) -> Value {
@@ -415,31 +347,34 @@ fn prepare(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Respo
 }
 
 async fn list_organizations(
-    State(state): State<Arc<SimState>>,
+    State(served): State<Arc<Served<Logto>>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = admit(&state, &headers).await {
-        return refusal;
-    }
+    served.call(&headers, |sim| list(sim, &query)).await
+}
+
+fn list(sim: &SimState, query: &HashMap<String, String>) -> Response {
     let number = |key: &str, default: usize| match query.get(key) {
         None => Some(default),
         Some(v) => v.parse::<usize>().ok(),
     };
-    let (Some(page), Some(page_size)) = (number("page", 1), number("page_size", PAGE_SIZE_DEFAULT)) else {
-        return finish(
-            api_error(StatusCode::BAD_REQUEST, "guard.invalid_pagination", "The pagination value is invalid.", None),
-            true,
+    let paging = match (number("page", 1), number("page_size", PAGE_SIZE_DEFAULT)) {
+        (Some(page), Some(page_size)) if page > 0 && (1..=PAGE_SIZE_MAX).contains(&page_size) => {
+            Some((page, page_size))
+        }
+        _ => None,
+    };
+    let Some((page, page_size)) = paging else {
+        return api_error(
+            StatusCode::BAD_REQUEST,
+            "guard.invalid_pagination",
+            "The pagination value is invalid.",
+            None,
         );
     };
-    if page == 0 || page_size == 0 || page_size > PAGE_SIZE_MAX {
-        return finish(
-            api_error(StatusCode::BAD_REQUEST, "guard.invalid_pagination", "The pagination value is invalid.", None),
-            true,
-        );
-    }
     let needle = query.get("q").map(|q| q.to_lowercase()).filter(|q| !q.is_empty());
-    let orgs = state.with_provider(PROVIDER, |p| p.orgs.clone()).unwrap_or_default();
+    let orgs = sim.with_provider(PROVIDER, |p| p.orgs.clone()).unwrap_or_default();
     let hits: Vec<Value> = orgs
         .into_iter()
         .filter(|o| match &needle {
@@ -453,26 +388,30 @@ async fn list_organizations(
     let items: Vec<Value> = hits.into_iter().skip((page - 1).saturating_mul(page_size)).take(page_size).collect();
     let mut response = (StatusCode::OK, Json(Value::Array(items))).into_response();
     response.headers_mut().insert("total-number", HeaderValue::from(total));
-    finish(response, true)
+    response
 }
 
-async fn get_organization(State(state): State<Arc<SimState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(refusal) = admit(&state, &headers).await {
-        return refusal;
-    }
-    let found = state
-        .with_provider(PROVIDER, |p| p.orgs.iter().find(|o| o.get("id").and_then(Value::as_str) == Some(&id)).cloned())
-        .flatten();
-    let response = match found {
-        Some(org) => (StatusCode::OK, Json(org)).into_response(),
-        None => api_error(StatusCode::NOT_FOUND, "entity.not_exists_with_id", "The organization does not exist.", None),
-    };
-    finish(response, true)
+async fn get_organization(
+    State(served): State<Arc<Served<Logto>>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    served
+        .call(&headers, |sim| match sim.find_organization(PROVIDER, |org| has_text(org, "id", &id)) {
+            Some(org) => (StatusCode::OK, Json(org)).into_response(),
+            None => {
+                api_error(StatusCode::NOT_FOUND, "entity.not_exists_with_id", "The organization does not exist.", None)
+            }
+        })
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::{client, start_with};
+    use crate::ScriptedFault;
+    use axum::http::header::RETRY_AFTER;
+    use std::time::Duration;
 
     use super::super::{Faults, RateLimit, SimulatorConfig};
     use super::*;

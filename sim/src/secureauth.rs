@@ -22,20 +22,20 @@
 //! share the organizations (tests need not care which tenant id a target names).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, DATE, ETAG, HOST, PRAGMA, RETRY_AFTER};
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HOST, PRAGMA, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use base64::Engine as _;
+use axum::routing::{MethodRouter, get, post};
 use serde_json::{Map, Value, json};
 
-use super::{Authorized, DropConnection, ScriptedFault, SimState, TokenStatus, http_date_now};
+use crate::provider::{CreateCall, Served, SimulatedProvider};
+use crate::state::{SimState, TokenStatus, has_text};
+use crate::wire::{NoBearer, authorized, bearer_token, client_secret_basic, decode_form_pair, form_pairs};
 
 /// Path prefix and state key of this provider.
 const PROVIDER: &str = "secureauth";
@@ -46,28 +46,85 @@ const GRANTED_SCOPE: &str = "manage_organizations";
 /// `CreateOrganizationRequest.authentication_mechanisms` values (PROVIDERS.md §1).
 const MECHANISMS: &[&str] = &["totp", "password", "otp", "email_otp", "sms_otp", "webauthn"];
 
-/// The SecureAuth routes, to be mounted under `/secureauth`.
-pub(crate) fn routes(state: Arc<SimState>) -> Router {
-    Router::new()
-        .route("/{tenant}/system/oauth2/token", post(issue_token))
-        .route("/api/system/{tenant}/organizations", post(create_organization))
-        .route("/api/system/{tenant}/organizations/{id}", get(get_organization))
-        .fallback(api_not_found)
-        .with_state(state)
-}
+/// A simulated SecureAuth Connect tenant.
+#[derive(Default)]
+pub(crate) struct SecureAuth;
 
-/// Completes a seeded organization the way SecureAuth stores one: a random id when it has
-/// none, and the documented defaults of the `Org` response.
-pub(crate) fn normalize_seed(org: Value) -> Value {
-    match org {
-        Value::Object(fields) => {
-            let mut stored = defaults(fields.get("id").and_then(Value::as_str).map_or_else(new_org_id, str::to_owned));
-            for (k, v) in fields {
-                stored.insert(k, v);
+impl SimulatedProvider for SecureAuth {
+    const NAME: &'static str = PROVIDER;
+    type Draft = NewOrg;
+    type Charge = bool;
+
+    fn routes(create: MethodRouter<Arc<Served<Self>>>) -> Router<Arc<Served<Self>>> {
+        Router::new()
+            .route("/{tenant}/system/oauth2/token", post(issue_token))
+            .route("/api/system/{tenant}/organizations", create)
+            .route("/api/system/{tenant}/organizations/{id}", get(get_organization))
+            .fallback(api_not_found)
+    }
+
+    /// Completes a seeded organization the way SecureAuth stores one: a random id when it has
+    /// none, and the documented defaults of the `Org` response.
+    fn normalize_seed(org: Value) -> Value {
+        match org {
+            Value::Object(fields) => {
+                let id = fields.get("id").and_then(Value::as_str).map_or_else(new_org_id, str::to_owned);
+                let mut stored = defaults(id);
+                for (k, v) in fields {
+                    stored.insert(k, v);
+                }
+                Value::Object(stored)
             }
-            Value::Object(stored)
+            other => other,
         }
-        other => other,
+    }
+
+    fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+        let message = match bearer_token(headers).map(|token| sim.check_token(PROVIDER, token)) {
+            Ok(TokenStatus::Valid) => return Ok(()),
+            Ok(TokenStatus::Expired) => "access token expired",
+            Ok(TokenStatus::Unknown) => "invalid access token",
+            Err(NoBearer::Missing) => "missing access token",
+            Err(NoBearer::Unreadable | NoBearer::OtherScheme) => "malformed authorization header",
+        };
+        Err(api_error(StatusCode::UNAUTHORIZED, message, "unauthorized", Value::Null).into_response())
+    }
+
+    /// System API calls (not token calls) are charged to the tenant's token bucket.
+    fn charge(&self, sim: &SimState) -> bool {
+        sim.take_rate_limit(PROVIDER).allowed
+    }
+
+    /// A scripted 429 without a delay still names one second.
+    fn too_many_requests(&self) -> Response {
+        too_many_requests(1).into_response()
+    }
+
+    /// Over the bucket, `Retry-After` names when it holds a request again.
+    fn over_limit(&self, sim: &SimState) -> Response {
+        too_many_requests(retry_after_secs(sim)).into_response()
+    }
+
+    fn validate(&self, call: &CreateCall) -> Result<NewOrg, Response> {
+        let issuer = issuer_base(&call.headers, call.param("tenant"));
+        validate(&call.body, issuer).map_err(IntoResponse::into_response)
+    }
+
+    fn store(&self, sim: &SimState, new: NewOrg) -> Result<Value, Response> {
+        store(sim, new).map_err(IntoResponse::into_response)
+    }
+
+    fn created(&self, org: Value) -> Response {
+        let etag = format!("W/\"{}\"", uuid::Uuid::new_v4().simple());
+        let mut response = (StatusCode::CREATED, Json(org)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(ETAG, v);
+        }
+        response
+    }
+
+    fn error_for_status(&self, status: u16) -> Response {
+        error_for_status(status).into_response()
     }
 }
 
@@ -103,37 +160,16 @@ fn defaults(id: String) -> Map<String, Value> {
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let body = json!({ "error": error, "error_description": description, "status_code": status.as_u16() });
-    let mut response = (status, Json(body)).into_response();
-    response.extensions_mut().insert(Authorized(false));
-    response
+    authorized((status, Json(body)).into_response(), false)
 }
 
-/// Parses `application/x-www-form-urlencoded` pairs.
+/// Parses `application/x-www-form-urlencoded` pairs; `None` if any does not decode.
 fn form_params(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let text = std::str::from_utf8(body).ok()?;
-    let decode = |s: &str| urlencoding::decode(&s.replace('+', " ")).ok().map(|c| c.into_owned());
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((decode(k)?, decode(v)?))
-        })
-        .collect()
+    form_pairs(std::str::from_utf8(body).ok()?).map(decode_form_pair).collect()
 }
 
-/// `client_secret_basic` credentials, the alternative to sending them in the form.
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let (id, secret) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-    Some((urlencoding::decode(id).ok()?.into_owned(), urlencoding::decode(secret).ok()?.into_owned()))
-}
-
-async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn issue_token(State(served): State<Arc<Served<SecureAuth>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let state = &served.sim;
     let is_form = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -159,7 +195,8 @@ async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
     }
     let (client_id, client_secret) = match (param("client_id"), param("client_secret")) {
         (Some(id), Some(secret)) => (id, secret),
-        _ => basic_credentials(&headers).unwrap_or_default(),
+        // `client_secret_basic`, the alternative to sending them in the form.
+        _ => client_secret_basic(&headers).unwrap_or_default(),
     };
     if client_id != state.client_id || client_secret != state.client_secret {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Client authentication failed");
@@ -186,8 +223,7 @@ async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    response.extensions_mut().insert(Authorized(true));
-    response
+    authorized(response, true)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,7 +302,7 @@ fn gateway_timeout() -> ApiError {
     api_error(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "gateway_timeout", Value::Null)
 }
 
-/// The body SecureAuth would send with `status` for a scripted `Status` fault.
+/// The body SecureAuth would send with `status`.
 fn error_for_status(status: u16) -> ApiError {
     let Ok(status) = StatusCode::from_u16(status) else {
         return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error", "internal_error", Value::Null);
@@ -280,19 +316,10 @@ fn error_for_status(status: u16) -> ApiError {
         404 => not_found("organization template"),
         409 => api_error(status, "organization already exists", "conflict", Value::Null),
         422 => unprocessable("name", "cannot be blank"),
-        429 => too_many_requests(1),
         503 => service_unavailable(),
         504 => gateway_timeout(),
         _ => api_error(status, status.canonical_reason().unwrap_or("error"), "internal_error", Value::Null),
     }
-}
-
-fn finish(mut response: Response, authorized: bool) -> Response {
-    if let Ok(date) = HeaderValue::from_str(&http_date_now()) {
-        response.headers_mut().insert(DATE, date);
-    }
-    response.extensions_mut().insert(Authorized(authorized));
-    response
 }
 
 async fn api_not_found() -> Response {
@@ -300,22 +327,8 @@ async fn api_not_found() -> Response {
 }
 
 // ---------------------------------------------------------------------------------------------
-// System API: admission (rate limit, latency, token)
+// System API: rate limit
 // ---------------------------------------------------------------------------------------------
-
-fn bearer_check(state: &SimState, headers: &HeaderMap) -> Result<(), &'static str> {
-    let value = headers.get(AUTHORIZATION).ok_or("missing access token")?;
-    let value = value.to_str().map_err(|_| "malformed authorization header")?;
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err("malformed authorization header"),
-    };
-    match state.check_token(PROVIDER, token) {
-        TokenStatus::Valid => Ok(()),
-        TokenStatus::Expired => Err("access token expired"),
-        TokenStatus::Unknown => Err("invalid access token"),
-    }
-}
 
 /// Seconds until the tenant bucket holds one request again: one refill period, at least 1.
 fn retry_after_secs(state: &SimState) -> u64 {
@@ -323,69 +336,9 @@ fn retry_after_secs(state: &SimState) -> u64 {
     if rate.is_finite() && rate > 0.0 { (1.0 / rate).ceil().max(1.0) as u64 } else { 1 }
 }
 
-/// Every System API call passes here: charged to the tenant bucket (refused calls included),
-/// delayed by the configured latency, and authenticated. `Err` is the finished refusal.
-async fn admit(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
-    let auth = bearer_check(state, headers);
-    if !state.take_rate_limit(PROVIDER).allowed {
-        return Err(finish(too_many_requests(retry_after_secs(state)).into_response(), auth.is_ok()));
-    }
-    let latency = state.faults().latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    auth.map_err(|message| {
-        finish(api_error(StatusCode::UNAUTHORIZED, message, "unauthorized", Value::Null).into_response(), false)
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // System API: organizations
 // ---------------------------------------------------------------------------------------------
-
-async fn create_organization(
-    State(state): State<Arc<SimState>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(refusal) = admit(&state, &headers).await {
-        return refusal;
-    }
-    let issuer = issuer_base(&headers, &tenant);
-    // Drawn only for admitted calls, so 401s and 429s do not eat a script.
-    let response = match state.next_create_fault(PROVIDER) {
-        None => commit(&state, &issuer, &body),
-        Some(ScriptedFault::Hang { ms }) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            commit(&state, &issuer, &body)
-        }
-        Some(ScriptedFault::Status { status }) => error_for_status(status).into_response(),
-        Some(ScriptedFault::RateLimited { retry_after_secs }) => {
-            too_many_requests(retry_after_secs.unwrap_or(1)).into_response()
-        }
-        Some(ScriptedFault::LostResponse) => {
-            let _ = commit(&state, &issuer, &body);
-            gateway_timeout().into_response()
-        }
-        Some(ScriptedFault::DropConnection) => {
-            let _ = commit(&state, &issuer, &body);
-            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            response.extensions_mut().insert(DropConnection);
-            response
-        }
-        Some(ScriptedFault::LateCommit { delay_ms }) => {
-            if let Ok(org) = validate(&body) {
-                let late_state = state.clone();
-                state.spawn_delayed(Duration::from_millis(delay_ms), move || {
-                    let _ = store(&late_state, &issuer, org);
-                });
-            }
-            service_unavailable().into_response()
-        }
-    };
-    finish(response, true)
-}
 
 /// `{scheme}://{host}/secureauth/{tenant}`, the prefix of an organization's `issuer_url`.
 fn issuer_base(headers: &HeaderMap, tenant: &str) -> String {
@@ -393,29 +346,17 @@ fn issuer_base(headers: &HeaderMap, tenant: &str) -> String {
     format!("http://{host}/{PROVIDER}/{tenant}")
 }
 
-fn commit(state: &SimState, issuer: &str, body: &[u8]) -> Response {
-    match validate(body).and_then(|org| store(state, issuer, org)) {
-        Ok(stored) => {
-            let etag = format!("W/\"{}\"", uuid::Uuid::new_v4().simple());
-            let mut response = (StatusCode::CREATED, Json(stored)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&etag) {
-                response.headers_mut().insert(ETAG, v);
-            }
-            response
-        }
-        Err(refusal) => refusal.into_response(),
-    }
-}
-
 /// The fields of a valid `CreateOrganizationRequest`, before the tenant's checks.
-struct NewOrg {
+pub(crate) struct NewOrg {
     id: Option<String>,
     fields: Map<String, Value>,
     template_id: Option<String>,
+    /// The prefix of the organization's `issuer_url`, from the call that created it.
+    issuer: String,
 }
 
 /// Decodes and validates a create payload (400 for what does not decode, 422 for semantics).
-fn validate(body: &[u8]) -> Result<NewOrg, ApiError> {
+fn validate(body: &[u8], issuer: String) -> Result<NewOrg, ApiError> {
     let Ok(Value::Object(payload)) = serde_json::from_slice::<Value>(body) else {
         return Err(bad_request("failed to decode request body: expected a JSON object"));
     };
@@ -519,7 +460,7 @@ fn validate(body: &[u8]) -> Result<NewOrg, ApiError> {
         fields.insert("authentication_mechanisms".into(), json!(m));
     }
     fields.insert("template".into(), json!(template));
-    Ok(NewOrg { id, fields, template_id: string("template_id")? })
+    Ok(NewOrg { id, fields, template_id: string("template_id")?, issuer })
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -544,7 +485,7 @@ fn is_hex_color(s: &str) -> bool {
 
 /// The tenant's checks and the write, atomically: parent and template must exist, id and name
 /// must be free. Returns the stored organization.
-fn store(state: &SimState, issuer: &str, new: NewOrg) -> Result<Value, ApiError> {
+fn store(state: &SimState, new: NewOrg) -> Result<Value, ApiError> {
     state
         .with_provider(PROVIDER, |p| {
             let find = |id: &str| p.orgs.iter().position(|o| o.get("id").and_then(Value::as_str) == Some(id));
@@ -577,7 +518,7 @@ fn store(state: &SimState, issuer: &str, new: NewOrg) -> Result<Value, ApiError>
 
             let id = new.id.clone().unwrap_or_else(new_org_id);
             let mut org = defaults(id.clone());
-            org.insert("issuer_url".into(), json!(format!("{issuer}/{id}")));
+            org.insert("issuer_url".into(), json!(format!("{}/{id}", new.issuer)));
             for (k, v) in new.fields {
                 org.insert(k, v);
             }
@@ -605,26 +546,23 @@ fn store(state: &SimState, issuer: &str, new: NewOrg) -> Result<Value, ApiError>
 }
 
 async fn get_organization(
-    State(state): State<Arc<SimState>>,
+    State(served): State<Arc<Served<SecureAuth>>>,
     Path((_tenant, id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = admit(&state, &headers).await {
-        return refusal;
-    }
-    let found = state
-        .with_provider(PROVIDER, |p| p.orgs.iter().find(|o| o.get("id").and_then(Value::as_str) == Some(&id)).cloned())
-        .flatten();
-    let response = match found {
-        Some(org) => (StatusCode::OK, Json(org)).into_response(),
-        None => not_found("organization").into_response(),
-    };
-    finish(response, true)
+    served
+        .call(&headers, |sim| match sim.find_organization(PROVIDER, |org| has_text(org, "id", &id)) {
+            Some(org) => (StatusCode::OK, Json(org)).into_response(),
+            None => not_found("organization").into_response(),
+        })
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::{client, json_of, start_with};
+    use crate::ScriptedFault;
+    use std::time::Duration;
 
     use std::time::Instant;
 

@@ -20,21 +20,20 @@
 //!   no `X-RateLimit-*`. Scripted `RateLimited` faults look the same (their delay is dropped).
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::header::{AUTHORIZATION, DATE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use base64::Engine as _;
+use axum::routing::{MethodRouter, get};
 use serde_json::{Map, Value, json};
 
-use super::faults::RateLimit;
-use super::{Authorized, DropConnection, ScriptedFault, SimState, http_date_now};
+use crate::faults::RateLimit;
+use crate::provider::{CreateCall, Served, SimulatedProvider};
+use crate::state::{SimState, has_text};
+use crate::wire::basic_credentials;
 
 /// Path prefix and state key of this provider.
 const PROVIDER: &str = "stytch";
@@ -89,10 +88,10 @@ const COMMON_DOMAINS: &[&str] = &[
     "yandex.com",
 ];
 
-/// This provider's handler state: the shared simulator plus the project's fixed window, which
-/// the shared token bucket cannot express.
-struct Project {
-    sim: Arc<SimState>,
+/// A simulated Stytch B2B project. It keeps its own fixed rate window, which the shared token
+/// bucket cannot express.
+#[derive(Default)]
+pub(crate) struct Stytch {
     window: Mutex<FixedWindow>,
 }
 
@@ -119,28 +118,70 @@ impl FixedWindow {
     }
 }
 
-/// The Stytch routes, to be mounted under `/stytch`.
-pub(crate) fn routes(state: Arc<SimState>) -> Router {
-    let project = Arc::new(Project { sim: state, window: Mutex::new(FixedWindow::default()) });
-    Router::new()
-        .route("/v1/b2b/organizations", post(create_organization))
-        .route("/v1/b2b/organizations/{key}", get(get_organization))
-        .fallback(route_not_found)
-        .with_state(project)
-}
+impl SimulatedProvider for Stytch {
+    const NAME: &'static str = PROVIDER;
+    type Draft = Map<String, Value>;
+    type Charge = bool;
 
-/// Completes a seeded organization the way Stytch stores one: an `organization-test-` id and the
-/// example response's defaults for every field not given.
-pub(crate) fn normalize_seed(org: Value) -> Value {
-    match org {
-        Value::Object(fields) => {
-            let mut stored = defaults();
-            for (k, v) in fields {
-                stored.insert(k, v);
+    fn routes(create: MethodRouter<Arc<Served<Self>>>) -> Router<Arc<Served<Self>>> {
+        Router::new()
+            .route("/v1/b2b/organizations", create)
+            .route("/v1/b2b/organizations/{key}", get(get_organization))
+            .fallback(route_not_found)
+    }
+
+    /// Completes a seeded organization the way Stytch stores one: an `organization-test-` id and
+    /// the example response's defaults for every field not given.
+    fn normalize_seed(org: Value) -> Value {
+        match org {
+            Value::Object(fields) => {
+                let mut stored = defaults();
+                for (k, v) in fields {
+                    stored.insert(k, v);
+                }
+                Value::Object(stored)
             }
-            Value::Object(stored)
+            other => other,
         }
-        other => other,
+    }
+
+    /// HTTP Basic `project_id:secret` on every call, taken as sent.
+    fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+        match basic_credentials(headers) {
+            Some((id, secret)) if id == sim.client_id && secret == sim.client_secret => Ok(()),
+            _ => Err(unauthorized().into_response()),
+        }
+    }
+
+    fn charge(&self, sim: &SimState) -> bool {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        self.window.lock().expect("simulator state poisoned").take(now, sim.faults().rate_limit)
+    }
+
+    fn too_many_requests(&self) -> Response {
+        too_many_requests().into_response()
+    }
+
+    /// Stytch documents no rate-limit headers, so a scripted delay has nowhere to go.
+    fn rate_limited(&self, _retry_after_secs: Option<u64>, _charge: &mut bool) -> Response {
+        self.too_many_requests()
+    }
+
+    fn validate(&self, call: &CreateCall) -> Result<Map<String, Value>, Response> {
+        validate(&call.body).map_err(IntoResponse::into_response)
+    }
+
+    fn store(&self, sim: &SimState, fields: Map<String, Value>) -> Result<Value, Response> {
+        store(sim, fields).map_err(IntoResponse::into_response)
+    }
+
+    /// Stytch answers a create with 200 and the organization wrapped.
+    fn created(&self, org: Value) -> Response {
+        found(org)
+    }
+
+    fn error_for_status(&self, status: u16) -> Response {
+        error_for_status(status).into_response()
     }
 }
 
@@ -249,18 +290,15 @@ fn error_for_status(status: u16) -> ApiError {
         401 => unauthorized(),
         403 => api_error(status, "unauthorized_action", "The credentials are not allowed to perform this action."),
         404 => not_found(),
-        429 => too_many_requests(),
         500..=599 => server_error(status),
         _ => api_error(status, "unknown_error", status.canonical_reason().unwrap_or("error")),
     }
 }
 
-fn finish(mut response: Response, authorized: bool) -> Response {
-    if let Ok(date) = HeaderValue::from_str(&http_date_now()) {
-        response.headers_mut().insert(DATE, date);
-    }
-    response.extensions_mut().insert(Authorized(authorized));
-    response
+/// An organization in Stytch's success envelope.
+fn found(org: Value) -> Response {
+    let body = json!({ "status_code": 200, "request_id": new_request_id(), "organization": org });
+    (StatusCode::OK, Json(body)).into_response()
 }
 
 async fn route_not_found() -> Response {
@@ -268,85 +306,8 @@ async fn route_not_found() -> Response {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Admission: fixed window, latency, Basic credentials
-// ---------------------------------------------------------------------------------------------
-
-fn credentials_ok(sim: &SimState, headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let Some((scheme, encoded)) = value.split_once(' ') else { return false };
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return false;
-    }
-    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else { return false };
-    let Ok(text) = std::str::from_utf8(&decoded) else { return false };
-    text.split_once(':').is_some_and(|(id, secret)| id == sim.client_id && secret == sim.client_secret)
-}
-
-async fn admit(project: &Project, headers: &HeaderMap) -> Result<(), Response> {
-    let authorized = credentials_ok(&project.sim, headers);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let limit = project.sim.faults().rate_limit;
-    let allowed = project.window.lock().expect("simulator state poisoned").take(now, limit);
-    if !allowed {
-        return Err(finish(too_many_requests().into_response(), authorized));
-    }
-    let latency = project.sim.faults().latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    if authorized { Ok(()) } else { Err(finish(unauthorized().into_response(), false)) }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Organizations
 // ---------------------------------------------------------------------------------------------
-
-async fn create_organization(State(project): State<Arc<Project>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refusal) = admit(&project, &headers).await {
-        return refusal;
-    }
-    let sim = &project.sim;
-    let response = match sim.next_create_fault(PROVIDER) {
-        None => commit(sim, &body),
-        Some(ScriptedFault::Hang { ms }) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            commit(sim, &body)
-        }
-        Some(ScriptedFault::Status { status }) => error_for_status(status).into_response(),
-        // Stytch documents no rate-limit headers, so a scripted delay has nowhere to go.
-        Some(ScriptedFault::RateLimited { .. }) => too_many_requests().into_response(),
-        Some(ScriptedFault::LostResponse) => {
-            let _ = commit(sim, &body);
-            server_error(StatusCode::GATEWAY_TIMEOUT).into_response()
-        }
-        Some(ScriptedFault::DropConnection) => {
-            let _ = commit(sim, &body);
-            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            response.extensions_mut().insert(DropConnection);
-            response
-        }
-        Some(ScriptedFault::LateCommit { delay_ms }) => {
-            if let Ok(org) = validate(&body) {
-                let late = sim.clone();
-                sim.spawn_delayed(Duration::from_millis(delay_ms), move || {
-                    let _ = store(&late, org);
-                });
-            }
-            server_error(StatusCode::SERVICE_UNAVAILABLE).into_response()
-        }
-    };
-    finish(response, true)
-}
-
-fn commit(sim: &SimState, body: &[u8]) -> Response {
-    match validate(body).and_then(|org| store(sim, org)) {
-        Ok(org) => {
-            let body = json!({ "status_code": 200, "request_id": new_request_id(), "organization": org });
-            (StatusCode::OK, Json(body)).into_response()
-        }
-        Err(refusal) => refusal.into_response(),
-    }
-}
 
 fn is_slug(s: &str) -> bool {
     (SLUG_MIN..=SLUG_MAX).contains(&s.len())
@@ -497,35 +458,29 @@ fn store(sim: &SimState, fields: Map<String, Value>) -> Result<Value, ApiError> 
 }
 
 async fn get_organization(
-    State(project): State<Arc<Project>>,
+    State(served): State<Arc<Served<Stytch>>>,
     Path(key): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = admit(&project, &headers).await {
-        return refusal;
-    }
-    // The path takes an organization id, slug or external id; an id wins, then a slug.
-    let found = project
-        .sim
-        .with_provider(PROVIDER, |p| {
-            ["organization_id", "organization_slug", "organization_external_id"].iter().find_map(|field| {
-                p.orgs.iter().find(|o| o.get(*field).and_then(Value::as_str) == Some(key.as_str())).cloned()
-            })
+    served
+        .call(&headers, |sim| {
+            // The path takes an organization id, slug or external id; an id wins, then a slug.
+            let org = ["organization_id", "organization_slug", "organization_external_id"]
+                .iter()
+                .find_map(|field| sim.find_organization(PROVIDER, |org| has_text(org, field, &key)));
+            match org {
+                Some(org) => found(org),
+                None => not_found().into_response(),
+            }
         })
-        .flatten();
-    let response = match found {
-        Some(org) => {
-            let body = json!({ "status_code": 200, "request_id": new_request_id(), "organization": org });
-            (StatusCode::OK, Json(body)).into_response()
-        }
-        None => not_found().into_response(),
-    };
-    finish(response, true)
+        .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::{client, json_of, start_with};
+    use crate::ScriptedFault;
+    use std::time::Duration;
 
     use super::super::{Faults, Simulator, SimulatorConfig};
     use super::*;

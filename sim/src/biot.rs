@@ -20,6 +20,9 @@
 //!   (or for a scripted `RateLimited`) answers 429 `TOO_MANY_REQUESTS` in BioT's body.
 //! - Search supports the `eq` and `in` operators on any top-level or dotted attribute, `page`
 //!   (from 0) and `limit` (default 100), newest first like BioT's default `_creationTime` DESC.
+//!
+//! This module is BioT's [`SimulatedProvider`]: its wire specifics only. Admission and the
+//! faults of a create are shared (`crate::provider`).
 
 // Validation helpers return the finished HTTP refusal as their error; boxing it would buy
 // nothing on a test server and cost readability.
@@ -31,7 +34,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,7 +42,7 @@ use axum::routing::{MethodRouter, get, post};
 use serde_json::{Map, Value, json};
 use time::format_description::well_known::Rfc3339;
 
-use crate::provider::{CreateCall, Served, SimulatedProvider};
+use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
 use crate::state::{SimState, TokenStatus, has_text};
 use crate::wire::{authorized, bearer_token};
 
@@ -66,24 +69,16 @@ impl SimulatedProvider for Biot {
             .route("/ums/v2/services/accessToken", post(issue_token))
             .route("/organization/v1/organizations/templates/{template_name}", create)
             .route("/organization/v1/organizations", get(search_organizations))
-            .route("/organization/v1/organizations/{id}", get(get_organization))
+            .route("/organization/v1/organizations/{id}", lookup(get_organization))
             .fallback(api_not_found)
     }
 
-    /// Gives a seeded organization an `_id` (and creation time) when it has none.
-    fn normalize_seed(org: Value) -> Value {
-        match org {
-            Value::Object(mut fields) => {
-                if !fields.contains_key("_id") {
-                    fields.insert("_id".into(), json!(uuid::Uuid::new_v4().to_string()));
-                }
-                if !fields.contains_key("_creationTime") {
-                    fields.insert("_creationTime".into(), json!(now_iso()));
-                }
-                Value::Object(fields)
-            }
-            other => other,
-        }
+    /// An `_id` and a creation time.
+    fn seed_defaults() -> Map<String, Value> {
+        Map::from_iter([
+            ("_id".to_owned(), json!(uuid::Uuid::new_v4().to_string())),
+            ("_creationTime".to_owned(), json!(now_iso())),
+        ])
     }
 
     fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response> {
@@ -511,190 +506,137 @@ fn search(sim: &SimState, query: &HashMap<String, String>) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-async fn get_organization(
-    State(served): State<Arc<Served<Biot>>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    served
-        .call(&headers, |sim| match sim.find_organization(PROVIDER, |org| has_text(org, "_id", &id)) {
-            Some(org) => (StatusCode::OK, Json(org)).into_response(),
-            None => {
-                org_error(StatusCode::NOT_FOUND, "ORGANIZATION_NOT_FOUND", "Organization not found", json!({"id": id}))
-            }
-        })
-        .await
+fn get_organization(sim: &SimState, id: &str) -> Response {
+    match sim.find_organization(PROVIDER, |org| has_text(org, "_id", id)) {
+        Some(org) => (StatusCode::OK, Json(org)).into_response(),
+        None => org_error(StatusCode::NOT_FOUND, "ORGANIZATION_NOT_FOUND", "Organization not found", json!({"id": id})),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{client, start_with};
-    use crate::ScriptedFault;
-    use axum::http::header::DATE;
     use std::time::Duration;
 
-    use super::super::{Faults, RateLimit, SimulatorConfig};
-    use super::*;
+    use axum::http::header::DATE;
 
-    async fn login(client: &reqwest::Client, base: &str) -> Value {
-        let response = client
-            .post(format!("{base}/ums/v2/services/accessToken"))
-            .json(&json!({"id": "orgprov-sim", "secretKey": "sim-secret"}))
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(response.status(), 200);
-        assert!(response.headers().contains_key(DATE));
-        response.json().await.expect("login json")
-    }
+    use super::*;
+    use crate::SimulatorConfig;
+    use crate::testing::{Api, client, json_of, rate_limited, start_signed_in, start_with, token_ttl};
 
     fn org(name: &str, email: &str) -> Value {
         json!({"_name": name, "_primaryAdministrator": {"_name": {"firstName": "A", "lastName": "B"},
                "_email": email, "_employeeId": email}, "orgprov_request_id": "r1"})
     }
 
-    async fn create(
-        client: &reqwest::Client,
-        base: &str,
-        token: &str,
-        template: &str,
-        body: Value,
-    ) -> reqwest::Response {
-        client
-            .post(format!("{base}/organization/v1/organizations/templates/{template}"))
-            .bearer_auth(token)
-            .header("x-execution-mode", "sync")
-            .json(&body)
-            .send()
-            .await
-            .expect("create")
+    async fn create(api: &Api, template: &str, body: Value) -> reqwest::Response {
+        let path = format!("/organization/v1/organizations/templates/{template}");
+        let request = api.request(reqwest::Method::POST, &path).header("x-execution-mode", "sync");
+        request.json(&body).send().await.expect("create")
     }
 
-    async fn search(client: &reqwest::Client, base: &str, token: &str, name: &str) -> Value {
+    async fn search(api: &Api, name: &str) -> Value {
         let request = json!({"filter": {"_name": {"eq": name}}, "limit": 1}).to_string();
-        client
-            .get(format!("{base}/organization/v1/organizations"))
-            .query(&[("searchRequest", request)])
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("search")
-            .json()
-            .await
-            .expect("search json")
+        let path = format!("/organization/v1/organizations?searchRequest={}", urlencoding::encode(&request));
+        json_of(api.get(&path).await).await
     }
 
     #[tokio::test]
-    async fn login_create_search_and_uniqueness() {
+    async fn login_answers_an_absolute_expiry_and_refuses_wrong_secrets() {
         let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let wrong = client
-            .post(format!("{base}/ums/v2/services/accessToken"))
-            .json(&json!({"id": "orgprov-sim", "secretKey": "nope"}))
-            .send()
-            .await
-            .expect("login");
+        let login = |secret: &'static str| {
+            client()
+                .post(format!("{}/ums/v2/services/accessToken", sim.base_url(PROVIDER)))
+                .json(&json!({"id": "orgprov-sim", "secretKey": secret}))
+                .send()
+        };
+        let wrong = login("nope").await.expect("login");
         assert_eq!(wrong.status(), 403);
-        assert_eq!(wrong.json::<Value>().await.expect("json")["code"], "LOGIN_FAILED");
-        let login = login(&client, &base).await;
-        let expiration = login["accessTokenExpiration"].as_str().expect("expiration");
+        assert_eq!(json_of(wrong).await["code"], "LOGIN_FAILED");
+        let ok = login("sim-secret").await.expect("login");
+        assert_eq!(ok.status(), 200);
+        assert!(ok.headers().contains_key(DATE));
+        let body = json_of(ok).await;
+        let expiration = body["accessTokenExpiration"].as_str().expect("expiration");
         assert!(time::OffsetDateTime::parse(expiration, &Rfc3339).is_ok(), "{expiration}");
-        let token = login["accessToken"].as_str().expect("token").to_owned();
+        assert!(body["accessToken"].as_str().is_some_and(|t| !t.is_empty()));
+        sim.shutdown().await;
+    }
 
-        let created = create(&client, &base, &token, "Clinic", org("Acme", "a@example.com")).await;
+    #[tokio::test]
+    async fn create_search_and_uniqueness() {
+        let (sim, api) = start_signed_in(PROVIDER, SimulatorConfig::default()).await;
+        let created = create(&api, "Clinic", org("Acme", "a@example.com")).await;
         assert_eq!(created.status(), 201);
-        let created: Value = created.json().await.expect("json");
+        let created = json_of(created).await;
         assert!(created["_id"].as_str().is_some_and(|id| id.len() == 36));
         assert_eq!(created["_template"]["name"], "Clinic");
         assert_eq!(created["orgprov_request_id"], "r1");
 
-        let same_email = create(&client, &base, &token, "Clinic", org("Other", "A@example.com")).await;
+        let same_email = create(&api, "Clinic", org("Other", "A@example.com")).await;
         assert_eq!(same_email.status(), 409);
-        assert_eq!(same_email.json::<Value>().await.expect("json")["code"], "EMAIL_ALREADY_EXIST");
-        let same_name = create(&client, &base, &token, "Clinic", org("Acme", "b@example.com")).await;
+        assert_eq!(json_of(same_email).await["code"], "EMAIL_ALREADY_EXIST");
+        let same_name = create(&api, "Clinic", org("Acme", "b@example.com")).await;
         assert_eq!(same_name.status(), 409);
-        let body: Value = same_name.json().await.expect("json");
+        let body = json_of(same_name).await;
         assert_eq!(body["code"], "ORGANIZATION_ALREADY_EXIST");
         for key in ["message", "serviceName", "traceId", "environment", "details"] {
             assert!(body.get(key).is_some(), "{key} missing from {body}");
         }
-        let missing = create(&client, &base, &token, "missing-template", org("New", "n@example.com")).await;
+        let missing = create(&api, "missing-template", org("New", "n@example.com")).await;
         assert_eq!(missing.status(), 404);
-        assert_eq!(missing.json::<Value>().await.expect("json")["code"], "TEMPLATE_NOT_FOUND_BY_NAME");
+        assert_eq!(json_of(missing).await["code"], "TEMPLATE_NOT_FOUND_BY_NAME");
 
-        let found = search(&client, &base, &token, "Acme").await;
+        let found = search(&api, "Acme").await;
         assert_eq!(found["data"].as_array().map(Vec::len), Some(1));
         assert_eq!(found["data"][0]["_id"], created["_id"]);
         assert_eq!(found["metadata"]["page"]["totalResults"], 1);
-        assert_eq!(search(&client, &base, &token, "Nobody").await["data"], json!([]));
+        assert_eq!(search(&api, "Nobody").await["data"], json!([]));
+        let id = created["_id"].as_str().expect("id");
+        assert_eq!(json_of(api.get(&format!("/organization/v1/organizations/{id}")).await).await, created);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn validation_errors_use_biot_codes() {
-        let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();
-        let code = |v: Value| v["code"].as_str().unwrap_or_default().to_owned();
-        let no_admin = create(&client, &base, &token, "Clinic", json!({"_name": "X"})).await;
-        assert_eq!(no_admin.status(), 400);
-        assert_eq!(code(no_admin.json().await.expect("json")), "ATTRIBUTE_IS_MANDATORY");
-        let mut bad_locale = org("X", "x@example.com");
-        bad_locale["_locale"] = json!("EN");
-        let r = create(&client, &base, &token, "Clinic", bad_locale).await;
-        assert_eq!(code(r.json().await.expect("json")), "VALIDATION_LOCALE_NOT_VALID");
-        let mut numeric = org("X", "x@example.com");
-        numeric["seats"] = json!(3);
-        let r = create(&client, &base, &token, "Clinic", numeric).await;
-        assert_eq!(code(r.json().await.expect("json")), "ATTRIBUTE_VALUE_TYPE_MISMATCH");
-        let mut unknown = org("X", "x@example.com");
-        unknown["_branding"] = json!({});
-        let r = create(&client, &base, &token, "Clinic", unknown).await;
-        assert_eq!(code(r.json().await.expect("json")), "ATTRIBUTE_NOT_VALID_FOR_TEMPLATE");
+        let (sim, api) = start_signed_in(PROVIDER, SimulatorConfig::default()).await;
+        let with = |key: &str, value: Value| {
+            let mut body = org("X", "x@example.com");
+            body[key] = value;
+            body
+        };
+        let cases = [
+            (json!({"_name": "X"}), "ATTRIBUTE_IS_MANDATORY"),
+            (with("_locale", json!("EN")), "VALIDATION_LOCALE_NOT_VALID"),
+            (with("seats", json!(3)), "ATTRIBUTE_VALUE_TYPE_MISMATCH"),
+            (with("_branding", json!({})), "ATTRIBUTE_NOT_VALID_FOR_TEMPLATE"),
+        ];
+        for (body, code) in cases {
+            let response = create(&api, "Clinic", body.clone()).await;
+            assert_eq!(response.status(), 400, "{body}");
+            assert_eq!(json_of(response).await["code"], code, "{body}");
+        }
         assert!(sim.organizations(PROVIDER).is_empty());
         sim.shutdown().await;
     }
 
     #[tokio::test]
-    async fn expired_tokens_and_faults() {
-        let config = SimulatorConfig { token_ttl: Duration::from_millis(300), ..SimulatorConfig::default() };
-        let sim = start_with(PROVIDER, config).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();
+    async fn expired_tokens_are_not_valid() {
+        let (sim, api) = start_signed_in(PROVIDER, token_ttl(Duration::from_millis(300))).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let expired = create(&client, &base, &token, "Clinic", org("X", "x@example.com")).await;
+        let expired = create(&api, "Clinic", org("X", "x@example.com")).await;
         assert_eq!(expired.status(), 401);
-        assert_eq!(expired.json::<Value>().await.expect("json")["code"], "TOKEN_NOT_VALID");
+        assert_eq!(json_of(expired).await["code"], "TOKEN_NOT_VALID");
         assert!(sim.organizations(PROVIDER).is_empty());
-
-        let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();
-        sim.push_script(PROVIDER, vec![ScriptedFault::LostResponse, ScriptedFault::LateCommit { delay_ms: 100 }]);
-        let lost = create(&client, &base, &token, "Clinic", org("Lost", "l@example.com")).await;
-        assert_eq!(lost.status(), 504);
-        assert_eq!(lost.json::<Value>().await.expect("json")["code"], "GATEWAY_TIMEOUT");
-        assert_eq!(sim.organizations(PROVIDER).len(), 1);
-        let late = create(&client, &base, &token, "Clinic", org("Late", "late@example.com")).await;
-        assert_eq!(late.status(), 504);
-        assert_eq!(sim.organizations(PROVIDER).len(), 1);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(sim.organizations(PROVIDER).len(), 2);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn rate_limit_only_when_configured() {
-        let faults = Faults { rate_limit: Some(RateLimit { per_second: 0.5, burst: 1 }), ..Faults::default() };
-        let sim = start_with(PROVIDER, SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();
-        assert_eq!(search(&client, &base, &token, "x").await["data"], json!([]));
-        let limited = create(&client, &base, &token, "Clinic", org("X", "x@example.com")).await;
+        let (sim, api) = start_signed_in(PROVIDER, rate_limited(0.5, 1)).await;
+        assert_eq!(search(&api, "x").await["data"], json!([]));
+        let limited = create(&api, "Clinic", org("X", "x@example.com")).await;
         assert_eq!(limited.status(), 429);
-        assert_eq!(limited.json::<Value>().await.expect("json")["code"], "TOO_MANY_REQUESTS");
+        assert_eq!(json_of(limited).await["code"], "TOO_MANY_REQUESTS");
         sim.shutdown().await;
     }
 }

@@ -30,6 +30,8 @@ mod provider;
 mod secureauth;
 mod state;
 mod stytch;
+#[cfg(test)]
+mod testing;
 mod wire;
 
 pub use faults::{Faults, RateLimit, ScriptedFault};
@@ -45,7 +47,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -59,13 +61,13 @@ use wire::{Authorized, DropConnection};
 struct ProviderSpec {
     name: &'static str,
     routes: fn(Arc<SimState>) -> Router,
-    /// Completes a seeded organization the way the provider would have stored it (e.g. an id).
-    normalize_seed: fn(Value) -> Value,
+    /// What a seeded organization gets unless the seed gives it (e.g. an id).
+    seed_defaults: fn() -> Map<String, Value>,
 }
 
 impl ProviderSpec {
     const fn of<P: SimulatedProvider>() -> ProviderSpec {
-        ProviderSpec { name: P::NAME, routes: provider::mount::<P>, normalize_seed: P::normalize_seed }
+        ProviderSpec { name: P::NAME, routes: provider::mount::<P>, seed_defaults: P::seed_defaults }
     }
 }
 
@@ -358,40 +360,9 @@ async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
 }
 
-/// Helpers shared by the provider modules' tests.
-#[cfg(test)]
-mod testing {
-    use super::*;
-
-    /// A simulator on a random loopback port serving `provider` only.
-    pub async fn start_with(provider: &str, config: SimulatorConfig) -> Simulator {
-        let config = SimulatorConfig { providers: vec![provider.to_owned()], ..config };
-        Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.expect("simulator starts")
-    }
-
-    /// The HTTP client for the tests.
-    pub fn client() -> reqwest::Client {
-        // The workspace builds reqwest with `rustls-no-provider`, and building any Client (even
-        // one that only speaks plain http) needs a process-wide crypto provider: ring, as in
-        // orgprov. A second install fails harmlessly, so every test can call this.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("http client")
-    }
-
-    pub async fn json_of(response: reqwest::Response) -> Value {
-        response.json().await.expect("json body")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    async fn start() -> Simulator {
-        Simulator::start(SocketAddr::from(([127, 0, 0, 1], 0)), SimulatorConfig::default())
-            .await
-            .expect("simulator starts")
-    }
 
     #[tokio::test]
     async fn unknown_provider_is_refused() {
@@ -407,99 +378,6 @@ mod tests {
             .expect("simulator starts");
         let port = sim.addr().port();
         assert_eq!(sim.base_url("auth0"), format!("http://127.0.0.1:{port}/auth0"));
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn admin_api_round_trip() {
-        let sim = start().await;
-        let client = testing::client();
-        let root = format!("http://{}", sim.addr());
-
-        let health = client.get(format!("{root}/_sim/health")).send().await.expect("health");
-        assert_eq!(health.status(), 200);
-        assert_eq!(health.text().await.expect("body"), "ok");
-
-        let put = client
-            .put(format!("{root}/_sim/faults"))
-            .json(&serde_json::json!({"latency_ms": 1, "rate_limit": {"per_second": 5.0, "burst": 7}}))
-            .send()
-            .await
-            .expect("put faults");
-        assert_eq!(put.status(), 204);
-        let faults: Faults = client
-            .get(format!("{root}/_sim/faults"))
-            .send()
-            .await
-            .expect("get faults")
-            .json()
-            .await
-            .expect("faults json");
-        assert_eq!(faults.latency_ms, 1);
-        assert_eq!(faults.rate_limit.map(|r| r.burst), Some(7));
-
-        let seeded = client
-            .post(format!("{root}/_sim/organizations"))
-            .query(&[("provider", "auth0")])
-            .json(&serde_json::json!({"name": "someone-else"}))
-            .send()
-            .await
-            .expect("seed");
-        assert_eq!(seeded.status(), 201);
-        let orgs: Vec<Value> = client
-            .get(format!("{root}/_sim/organizations"))
-            .query(&[("provider", "auth0")])
-            .send()
-            .await
-            .expect("orgs")
-            .json()
-            .await
-            .expect("orgs json");
-        assert_eq!(orgs.len(), 1);
-        assert!(orgs[0]["id"].as_str().is_some_and(|id| id.starts_with("org_")));
-
-        let unknown = client
-            .get(format!("{root}/_sim/organizations"))
-            .query(&[("provider", "nope")])
-            .send()
-            .await
-            .expect("unknown provider");
-        assert_eq!(unknown.status(), 404);
-
-        let script = client
-            .post(format!("{root}/_sim/script"))
-            .query(&[("provider", "auth0")])
-            .json(&serde_json::json!([{"kind": "status", "status": 500}]))
-            .send()
-            .await
-            .expect("script");
-        assert_eq!(script.status(), 204);
-        assert_eq!(sim.state.with_provider("auth0", |p| p.script.len()), Some(1));
-
-        let revoke = client.post(format!("{root}/_sim/revoke-tokens")).send().await.expect("revoke");
-        assert_eq!(revoke.status(), 204);
-
-        // A provider request shows up in the log; admin calls do not.
-        let _ = client
-            .get(format!("{}/api/v2/organizations/name/x", sim.base_url("auth0")))
-            .header("Idempotency-Key", "k-1")
-            .send()
-            .await
-            .expect("lookup");
-        let requests: Vec<Value> = client
-            .get(format!("{root}/_sim/requests"))
-            .send()
-            .await
-            .expect("requests")
-            .json()
-            .await
-            .expect("requests json");
-        assert_eq!(requests.len(), 1);
-        assert_eq!(requests[0]["provider"], "auth0");
-        assert_eq!(requests[0]["path"], "/auth0/api/v2/organizations/name/x");
-        assert_eq!(requests[0]["status"], 401);
-        assert_eq!(requests[0]["idempotency_key"], "k-1");
-        assert!(requests[0]["at"].as_str().is_some_and(|at| at.contains('T')));
         sim.shutdown().await;
     }
 }

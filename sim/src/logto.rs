@@ -22,6 +22,9 @@
 //!   reconcile delay exists for.
 //! - The body guard strips unknown keys (zod's default) and ignores client-sent `id`,
 //!   `tenantId` and `createdAt`, which the server owns.
+//!
+//! This module is Logto's [`SimulatedProvider`]: its wire specifics only. Admission and the
+//! faults of a create are shared (`crate::provider`).
 
 // Validation helpers return the finished HTTP refusal as their error; boxing it would buy
 // nothing on a test server and cost readability.
@@ -34,16 +37,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, post};
 use serde_json::{Map, Value, json};
 
-use crate::provider::{CreateCall, Served, SimulatedProvider};
+use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
 use crate::state::{SimState, TokenStatus, has_text};
-use crate::wire::{NoBearer, authorized, bearer_token, client_secret_basic, decode_form_pair, form_pairs};
+use crate::wire::{
+    NoBearer, authorized, bearer_token, client_credentials_grant, client_secret_basic, decode_form_pair, form_pairs,
+};
 
 /// Path prefix and state key of this provider.
 const PROVIDER: &str = "logto";
@@ -69,28 +74,22 @@ impl SimulatedProvider for Logto {
         Router::new()
             .route("/oidc/token", post(issue_token))
             .route("/api/organizations", create.get(list_organizations))
-            .route("/api/organizations/{id}", get(get_organization))
+            .route("/api/organizations/{id}", lookup(get_organization))
             .fallback(api_not_found)
     }
 
-    /// Completes a seeded organization with what Logto's server fills in.
-    fn normalize_seed(org: Value) -> Value {
-        match org {
-            Value::Object(given) => {
-                let mut fields = Map::new();
-                fields.insert("tenantId".into(), json!(TENANT));
-                fields.insert("id".into(), json!(new_id()));
-                fields.insert("name".into(), json!(""));
-                fields.insert("description".into(), Value::Null);
-                fields.insert("customData".into(), json!({}));
-                fields.insert("isMfaRequired".into(), json!(false));
-                fields.insert("branding".into(), json!({}));
-                fields.insert("createdAt".into(), json!(now_ms()));
-                fields.extend(given);
-                Value::Object(fields)
-            }
-            other => other,
-        }
+    /// What Logto's server fills in.
+    fn seed_defaults() -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("tenantId".into(), json!(TENANT));
+        fields.insert("id".into(), json!(new_id()));
+        fields.insert("name".into(), json!(""));
+        fields.insert("description".into(), Value::Null);
+        fields.insert("customData".into(), json!({}));
+        fields.insert("isMfaRequired".into(), json!(false));
+        fields.insert("branding".into(), json!({}));
+        fields.insert("createdAt".into(), json!(now_ms()));
+        fields
     }
 
     fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response> {
@@ -225,18 +224,12 @@ async fn issue_token(State(served): State<Arc<Served<Logto>>>, headers: HeaderMa
     if id != state.client_id || secret != state.client_secret {
         return oidc_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed");
     }
-    match params.get("grant_type").map(String::as_str) {
-        Some("client_credentials") => {}
-        Some(other) => {
-            return oidc_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                &format!("unsupported grant_type {other}"),
-            );
-        }
-        None => {
-            return oidc_error(StatusCode::BAD_REQUEST, "invalid_request", "missing required parameter 'grant_type'");
-        }
+    let unsupported = |other: &str| format!("unsupported grant_type {other}");
+    let missing = "missing required parameter 'grant_type'";
+    if let Err((error, description)) =
+        client_credentials_grant(params.get("grant_type").map(String::as_str), unsupported, missing)
+    {
+        return oidc_error(StatusCode::BAD_REQUEST, error, &description);
     }
     let resource = params.get("resource").map(String::as_str).unwrap_or("");
     if !resource.ends_with("/api") {
@@ -391,138 +384,89 @@ fn list(sim: &SimState, query: &HashMap<String, String>) -> Response {
     response
 }
 
-async fn get_organization(
-    State(served): State<Arc<Served<Logto>>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    served
-        .call(&headers, |sim| match sim.find_organization(PROVIDER, |org| has_text(org, "id", &id)) {
-            Some(org) => (StatusCode::OK, Json(org)).into_response(),
-            None => {
-                api_error(StatusCode::NOT_FOUND, "entity.not_exists_with_id", "The organization does not exist.", None)
-            }
-        })
-        .await
+fn get_organization(sim: &SimState, id: &str) -> Response {
+    match sim.find_organization(PROVIDER, |org| has_text(org, "id", id)) {
+        Some(org) => (StatusCode::OK, Json(org)).into_response(),
+        None => api_error(StatusCode::NOT_FOUND, "entity.not_exists_with_id", "The organization does not exist.", None),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{client, start_with};
-    use crate::ScriptedFault;
     use axum::http::header::RETRY_AFTER;
-    use std::time::Duration;
 
-    use super::super::{Faults, RateLimit, SimulatorConfig};
     use super::*;
+    use crate::SimulatorConfig;
+    use crate::testing::{Api, client, json_of, rate_limited, start_signed_in, start_with};
 
-    async fn token(client: &reqwest::Client, base: &str) -> String {
-        let response = client
-            .post(format!("{base}/oidc/token"))
-            .basic_auth("orgprov-sim", Some("sim-secret"))
-            .form(&[("grant_type", "client_credentials"), ("resource", &format!("{base}/api")), ("scope", "all")])
-            .send()
-            .await
-            .expect("token");
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.expect("json");
-        assert!(body["expires_in"].is_u64());
-        body["access_token"].as_str().expect("access_token").to_owned()
-    }
-
-    async fn create(client: &reqwest::Client, base: &str, token: &str, body: Value) -> reqwest::Response {
-        client.post(format!("{base}/api/organizations")).bearer_auth(token).json(&body).send().await.expect("create")
-    }
-
-    async fn list(client: &reqwest::Client, base: &str, token: &str, query: &[(&str, &str)]) -> reqwest::Response {
-        client.get(format!("{base}/api/organizations")).bearer_auth(token).query(query).send().await.expect("list")
+    async fn list(api: &Api, query: &[(&str, &str)]) -> reqwest::Response {
+        let request = api.request(reqwest::Method::GET, "/api/organizations");
+        request.query(query).send().await.expect("list")
     }
 
     #[tokio::test]
     async fn token_requires_basic_auth_resource_and_scope() {
         let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let in_body = client
-            .post(format!("{base}/oidc/token"))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", "orgprov-sim"),
-                ("client_secret", "sim-secret"),
-            ])
-            .send()
-            .await
-            .expect("token");
-        assert_eq!(in_body.status(), 401);
-        let no_resource = client
-            .post(format!("{base}/oidc/token"))
-            .basic_auth("orgprov-sim", Some("sim-secret"))
-            .form(&[("grant_type", "client_credentials"), ("scope", "all")])
-            .send()
-            .await
-            .expect("token");
+        let token = client().post(format!("{}/oidc/token", sim.base_url(PROVIDER)));
+        let in_body = token.try_clone().expect("clone").form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "orgprov-sim"),
+            ("client_secret", "sim-secret"),
+        ]);
+        assert_eq!(in_body.send().await.expect("token").status(), 401);
+        let basic = token.basic_auth("orgprov-sim", Some("sim-secret"));
+        let no_resource =
+            basic.try_clone().expect("clone").form(&[("grant_type", "client_credentials"), ("scope", "all")]);
+        let no_resource = no_resource.send().await.expect("token");
         assert_eq!(no_resource.status(), 400);
-        assert_eq!(no_resource.json::<Value>().await.expect("json")["error"], "invalid_target");
-        let _ = token(&client, &base).await;
+        assert_eq!(json_of(no_resource).await["error"], "invalid_target");
+        let resource = format!("{}/api", sim.base_url(PROVIDER));
+        let ok = basic.form(&[("grant_type", "client_credentials"), ("resource", &resource), ("scope", "all")]);
+        let ok = json_of(ok.send().await.expect("token")).await;
+        assert!(ok["expires_in"].is_u64(), "{ok}");
+        assert!(ok["access_token"].as_str().is_some_and(|t| !t.is_empty()), "{ok}");
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn names_are_not_unique_and_search_pages_with_total_number() {
-        let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = token(&client, &base).await;
+        let (sim, api) = start_signed_in(PROVIDER, SimulatorConfig::default()).await;
         for _ in 0..2 {
-            let r =
-                create(&client, &base, &token, json!({"name": "Acme", "customData": {"k": 1}, "tenantId": "x"})).await;
+            let r = api.create(json!({"name": "Acme", "customData": {"k": 1}, "tenantId": "x"})).await;
             assert_eq!(r.status(), 201);
-            let body: Value = r.json().await.expect("json");
+            let body = json_of(r).await;
             assert_eq!(body["tenantId"], TENANT);
             assert_eq!(body["customData"]["k"], 1);
             assert!(body["createdAt"].is_u64());
         }
         for i in 0..3 {
-            assert_eq!(create(&client, &base, &token, json!({"name": format!("Acme {i}")})).await.status(), 201);
+            assert_eq!(api.create(json!({"name": format!("Acme {i}")})).await.status(), 201);
         }
-        assert_eq!(create(&client, &base, &token, json!({"name": "Other"})).await.status(), 201);
-        let page = list(&client, &base, &token, &[("q", "acme"), ("page", "2"), ("page_size", "2")]).await;
+        assert_eq!(api.create(json!({"name": "Other"})).await.status(), 201);
+        let page = list(&api, &[("q", "acme"), ("page", "2"), ("page_size", "2")]).await;
         assert_eq!(page.headers()["total-number"], "5");
-        assert_eq!(page.json::<Value>().await.expect("json").as_array().map(Vec::len), Some(2));
-        let past = list(&client, &base, &token, &[("q", "acme"), ("page", "9"), ("page_size", "2")]).await;
-        assert_eq!(past.json::<Value>().await.expect("json"), json!([]));
-        let bad = list(&client, &base, &token, &[("page_size", "101")]).await;
-        assert_eq!(bad.status(), 400);
-        assert_eq!(bad.json::<Value>().await.expect("json")["code"], "guard.invalid_pagination");
-        let invalid = create(&client, &base, &token, json!({"name": ""})).await;
+        assert_eq!(json_of(page).await.as_array().map(Vec::len), Some(2));
+        let past = list(&api, &[("q", "acme"), ("page", "9"), ("page_size", "2")]).await;
+        assert_eq!(json_of(past).await, json!([]));
+        for paging in [[("page", "1"), ("page_size", "101")], [("page", "0"), ("page_size", "5")]] {
+            let bad = list(&api, &paging).await;
+            assert_eq!(bad.status(), 400);
+            assert_eq!(json_of(bad).await["code"], "guard.invalid_pagination");
+        }
+        let invalid = api.create(json!({"name": ""})).await;
         assert_eq!(invalid.status(), 400);
-        assert_eq!(invalid.json::<Value>().await.expect("json")["code"], "guard.invalid_input");
+        assert_eq!(json_of(invalid).await["code"], "guard.invalid_input");
         assert_eq!(sim.organizations(PROVIDER).len(), 6);
         sim.shutdown().await;
     }
 
     #[tokio::test]
-    async fn late_commit_lost_response_and_rate_limit() {
-        let faults = Faults { rate_limit: Some(RateLimit { per_second: 20.0, burst: 200 }), ..Faults::default() };
-        let sim = start_with(PROVIDER, SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = token(&client, &base).await;
-        sim.push_script(PROVIDER, vec![ScriptedFault::LateCommit { delay_ms: 150 }, ScriptedFault::LostResponse]);
-        let late = create(&client, &base, &token, json!({"name": "Late"})).await;
-        assert_eq!(late.status(), 500);
-        assert_eq!(late.json::<Value>().await.expect("json"), json!({"message": "Internal server error."}));
-        assert!(sim.organizations(PROVIDER).is_empty());
-        let lost = create(&client, &base, &token, json!({"name": "Lost"})).await;
-        assert_eq!(lost.status(), 504);
-        assert_eq!(sim.organizations(PROVIDER).len(), 1);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(sim.organizations(PROVIDER).len(), 2);
-
+    async fn the_bucket_of_logto_cloud_refuses_the_201st_call() {
+        let (sim, api) = start_signed_in(PROVIDER, rate_limited(20.0, 200)).await;
         // 200 requests per 10 s: the bucket is spent by the 201st call in a burst.
         let mut limited = None;
         for i in 0..260 {
-            let r = list(&client, &base, &token, &[("q", "x")]).await;
+            let r = list(&api, &[("q", "x")]).await;
             if r.status() == 429 {
                 limited = Some((i, r));
                 break;
@@ -531,7 +475,7 @@ mod tests {
         let (i, r) = limited.expect("rate limited within the burst");
         assert!((190..=240).contains(&i), "limited after {i} calls");
         assert!(r.headers().get(RETRY_AFTER).is_none());
-        assert_eq!(r.json::<Value>().await.expect("json")["code"], "request.too_many_requests");
+        assert_eq!(json_of(r).await["code"], "request.too_many_requests");
         sim.shutdown().await;
     }
 }

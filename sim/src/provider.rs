@@ -22,8 +22,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, post};
-use serde_json::Value;
+use axum::routing::{MethodRouter, get, post};
+use serde_json::{Map, Value};
 
 use crate::ScriptedFault;
 use crate::faults::RateDecision;
@@ -50,8 +50,9 @@ pub(crate) trait SimulatedProvider: Default + Send + Sync + 'static {
     /// mounted at the provider's create route.
     fn routes(create: MethodRouter<Arc<Served<Self>>>) -> Router<Arc<Served<Self>>>;
 
-    /// Completes a seeded organization the way the provider would have stored it (e.g. an id).
-    fn normalize_seed(org: Value) -> Value;
+    /// The fields a seeded organization gets unless the seed gives them: what the provider
+    /// would have filled in (an id, documented defaults).
+    fn seed_defaults() -> Map<String, Value>;
 
     /// Checks an API call's credentials; `Err` is the provider's 401 (or similar) answer.
     fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response>;
@@ -167,6 +168,18 @@ impl<P: SimulatedProvider> Served<P> {
     }
 }
 
+/// A `GET` route that looks one organization up by its last path parameter: admission, then
+/// `answer(sim, key)`.
+pub(crate) fn lookup<P: SimulatedProvider>(answer: fn(&SimState, &str) -> Response) -> MethodRouter<Arc<Served<P>>> {
+    let handler = move |State(served): State<Arc<Served<P>>>,
+                        Path(params): Path<Vec<(String, String)>>,
+                        headers: HeaderMap| async move {
+        let key = params.last().map_or("", |(_, value)| value.as_str());
+        served.call(&headers, |sim| answer(sim, key)).await
+    };
+    get(handler)
+}
+
 /// A create call as received: path parameters (e.g. a tenant or template name), headers, body.
 pub(crate) struct CreateCall {
     params: HashMap<String, String>,
@@ -230,4 +243,236 @@ async fn create_with_faults<P: SimulatedProvider>(
         }
     };
     served.finish(response, &charge, true)
+}
+
+/// What every provider shares, tested on all five through their [`Sample`] creates.
+///
+/// [`Sample`]: crate::testing::Sample
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{Api, Sample, for_each_provider, json_of, raw_exchange, start};
+    use crate::{Faults, Simulator};
+
+    fn stored(sim: &Simulator, sample: &Sample) -> usize {
+        sim.organizations(sample.provider).len()
+    }
+
+    fn post(api: &Api, name: &str) -> reqwest::RequestBuilder {
+        api.request(reqwest::Method::POST, api.sample.create_path).json(&(api.sample.body)(name))
+    }
+
+    #[tokio::test]
+    async fn idempotency_key_is_ignored() {
+        for_each_provider(async |sample, sim, api| {
+            let p = sample.provider;
+            let send = async |name| post(api, name).header("Idempotency-Key", "same-key").send().await;
+            assert_eq!(send("first").await.expect("create").status(), sample.created, "{p}");
+            assert_eq!(send("second").await.expect("create").status(), sample.created, "{p}: key reused");
+            // The same create again meets the provider's own rule, not a replay of the answer.
+            assert_eq!(send("second").await.expect("create").status(), sample.again, "{p}");
+            let expected = if sample.again == sample.created { 3 } else { 2 };
+            assert_eq!(stored(sim, sample), expected, "{p}");
+            let creates = sim.requests().into_iter().filter(|r| r.path.ends_with(sample.create_path));
+            let keys: Vec<Option<String>> = creates.map(|r| r.idempotency_key).collect();
+            assert_eq!(keys, vec![Some("same-key".to_owned()); 3], "{p}: keys are recorded");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_response_stores_then_answers_504() {
+        for_each_provider(async |sample, sim, api| {
+            sim.push_script(sample.provider, vec![ScriptedFault::LostResponse]);
+            assert_eq!(api.create_named("lost").await.status(), 504, "{}", sample.provider);
+            assert_eq!(stored(sim, sample), 1, "{}", sample.provider);
+            // The script is consumed: the retry sees the real state of the tenant.
+            assert_eq!(api.create_named("lost").await.status(), sample.again, "{}", sample.provider);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_stores_and_sends_not_a_byte() {
+        for_each_provider(async |sample, sim, api| {
+            let p = sample.provider;
+            sim.push_script(p, vec![ScriptedFault::DropConnection]);
+            let started = Instant::now();
+            let error = post(api, "dropped").send().await.expect_err("no HTTP response expected");
+            assert!(!error.is_timeout(), "{p}: must fail fast, not time out: {error}");
+            assert!(started.elapsed() < Duration::from_secs(5));
+            assert_eq!(stored(sim, sample), 1, "{p}");
+            let recorded = sim.requests().into_iter().find(|r| r.path.ends_with(sample.create_path));
+            assert_eq!(recorded.expect("the create is recorded").status, 0, "{p}");
+
+            // On the wire: the connection ends without a single response byte.
+            sim.push_script(p, vec![ScriptedFault::DropConnection]);
+            let body = (sample.body)("dropped2").to_string();
+            let request = format!(
+                "POST /{p}{} HTTP/1.1\r\nHost: sim\r\nAuthorization: {}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                sample.create_path,
+                api.authorization(),
+                body.len()
+            );
+            let received = raw_exchange(sim.addr(), request).await;
+            assert!(received.is_empty(), "{p}: got {:?}", String::from_utf8_lossy(&received));
+            assert_eq!(stored(sim, sample), 2, "{p}");
+
+            // The server is unharmed: the next request on a new connection works.
+            assert_eq!(api.create_named("after").await.status(), sample.created, "{p}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_late_commit_answers_at_once_and_stores_later() {
+        for_each_provider(async |sample, sim, api| {
+            let p = sample.provider;
+            sim.push_script(p, vec![ScriptedFault::LateCommit { delay_ms: 200 }]);
+            assert_eq!(api.create_named("late").await.status(), sample.late_commit, "{p}");
+            assert_eq!(stored(sim, sample), 0, "{p}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(stored(sim, sample), 1, "{p}");
+
+            // A payload the provider refuses is never stored, late or not.
+            sim.push_script(p, vec![ScriptedFault::LateCommit { delay_ms: 50 }]);
+            let _ = api.create(json!({})).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(stored(sim, sample), 1, "{p}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_hang_outlives_the_client_timeout_and_still_commits() {
+        for_each_provider(async |sample, sim, api| {
+            sim.push_script(sample.provider, vec![ScriptedFault::Hang { ms: 400 }]);
+            let result = post(api, "slow").timeout(Duration::from_millis(100)).send().await;
+            assert!(result.expect_err("client times out").is_timeout(), "{}", sample.provider);
+            assert_eq!(stored(sim, sample), 0, "{}", sample.provider);
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            assert_eq!(stored(sim, sample), 1, "{}", sample.provider);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn scripted_rate_limits_and_statuses_store_nothing() {
+        for_each_provider(async |sample, sim, api| {
+            let p = sample.provider;
+            let script = vec![
+                ScriptedFault::RateLimited { retry_after_secs: Some(7) },
+                ScriptedFault::Status { status: 429 },
+                ScriptedFault::Status { status: 500 },
+            ];
+            sim.push_script(p, script);
+            let limited = api.create_named("s1").await;
+            assert_eq!(limited.status(), 429, "{p}");
+            let named = limited.headers().get("retry-after").map(|v| v.to_str().expect("ascii").to_owned());
+            assert_eq!(named, sample.names_retry_after.then(|| "7".to_owned()), "{p}");
+            assert_eq!(api.create_named("s1").await.status(), 429, "{p}");
+            assert_eq!(api.create_named("s1").await.status(), 500, "{p}");
+            assert_eq!(stored(sim, sample), 0, "{p}");
+            assert_eq!(api.create_named("s1").await.status(), sample.created, "{p}");
+
+            sim.set_faults(Faults { error_rate: 1.0, ..Faults::default() });
+            assert_eq!(api.create_named("s2").await.status(), 503, "{p}");
+            assert_eq!(stored(sim, sample), 1, "{p}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn faults_are_drawn_only_for_admitted_calls() {
+        for_each_provider(async |sample, sim, api| {
+            sim.push_script(sample.provider, vec![ScriptedFault::LostResponse]);
+            let anonymous = api.http.post(format!("{}{}", api.base, sample.create_path));
+            let anonymous = anonymous.json(&(sample.body)("a")).send().await.expect("create");
+            assert_eq!(anonymous.status(), 401, "{}", sample.provider);
+            assert_eq!(api.create_named("a").await.status(), 504, "{}: the script waited", sample.provider);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn api_answers_carry_one_date_header() {
+        for_each_provider(async |sample, sim, api| {
+            let request = format!(
+                "GET /{}{} HTTP/1.1\r\nHost: sim\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+                sample.provider,
+                sample.missing_path,
+                api.authorization()
+            );
+            let received = String::from_utf8(raw_exchange(sim.addr(), request).await).expect("utf-8");
+            assert!(received.starts_with("HTTP/1.1 404"), "{received}");
+            let dates = received.lines().filter(|l| l.to_ascii_lowercase().starts_with("date:")).count();
+            assert_eq!(dates, 1, "{received}");
+        })
+        .await;
+    }
+
+    /// Each provider answers a fault in its own documented error body: all of it where it has
+    /// no generated parts, else the fields named.
+    #[tokio::test]
+    async fn fault_answers_carry_the_providers_error_bodies() {
+        let late = ScriptedFault::LateCommit { delay_ms: 60_000 };
+        let whole = |body: Value| (true, body);
+        let fields = |body: Value| (false, body);
+        let cases = [
+            (
+                "auth0",
+                ScriptedFault::LostResponse,
+                whole(json!({"statusCode": 504, "error": "Gateway Timeout", "message": "Request timed out"})),
+            ),
+            (
+                "auth0",
+                late.clone(),
+                whole(json!({"statusCode": 503, "error": "Service Unavailable",
+                             "message": "The service is temporarily unavailable"})),
+            ),
+            (
+                "auth0",
+                ScriptedFault::Status { status: 429 },
+                whole(json!({"statusCode": 429, "error": "Too Many Requests",
+                             "message": "Global limit has been reached", "errorCode": "too_many_requests"})),
+            ),
+            ("auth0", ScriptedFault::Status { status: 500 }, fields(json!({"statusCode": 500}))),
+            ("biot", ScriptedFault::LostResponse, fields(json!({"code": "GATEWAY_TIMEOUT"}))),
+            ("biot", late.clone(), fields(json!({"code": "GATEWAY_TIMEOUT"}))),
+            ("biot", ScriptedFault::Status { status: 429 }, fields(json!({"code": "TOO_MANY_REQUESTS"}))),
+            ("logto", late.clone(), whole(json!({"message": "Internal server error."}))),
+            ("logto", ScriptedFault::LostResponse, whole(json!({"message": "Gateway timeout."}))),
+            (
+                "secureauth",
+                ScriptedFault::LostResponse,
+                whole(json!({"status_code": 504, "error": "upstream request timeout",
+                             "error_code": "gateway_timeout", "details": null})),
+            ),
+            (
+                "secureauth",
+                ScriptedFault::Status { status: 429 },
+                whole(json!({"status_code": 429, "error": "Too many requests",
+                             "error_code": "too_many_requests", "details": null})),
+            ),
+            ("stytch", ScriptedFault::LostResponse, fields(json!({"status_code": 504}))),
+            ("stytch", ScriptedFault::Status { status: 500 }, fields(json!({"error_type": "internal_server_error"}))),
+        ];
+        for (provider, fault, (exact, expected)) in cases {
+            let (sim, api) = start(provider).await;
+            sim.push_script(provider, vec![fault.clone()]);
+            let body = json_of(api.create_named("x").await).await;
+            if exact {
+                assert_eq!(body, expected, "{provider} {fault:?}");
+            }
+            for (key, value) in expected.as_object().expect("object") {
+                assert_eq!(&body[key], value, "{provider} {fault:?}: {key} in {body}");
+            }
+            sim.shutdown().await;
+        }
+    }
 }

@@ -20,22 +20,27 @@
 //!
 //! One simulator serves one tenant: any tenant name in the path is accepted and they all
 //! share the organizations (tests need not care which tenant id a target names).
+//!
+//! This module is SecureAuth's [`SimulatedProvider`]: its wire specifics only. Admission and the
+//! faults of a create are shared (`crate::provider`).
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HOST, PRAGMA, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, post};
 use serde_json::{Map, Value, json};
 
-use crate::provider::{CreateCall, Served, SimulatedProvider};
+use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
 use crate::state::{SimState, TokenStatus, has_text};
-use crate::wire::{NoBearer, authorized, bearer_token, client_secret_basic, decode_form_pair, form_pairs};
+use crate::wire::{
+    NoBearer, authorized, bearer_token, client_credentials_grant, client_secret_basic, decode_form_pair, form_pairs,
+};
 
 /// Path prefix and state key of this provider.
 const PROVIDER: &str = "secureauth";
@@ -59,24 +64,13 @@ impl SimulatedProvider for SecureAuth {
         Router::new()
             .route("/{tenant}/system/oauth2/token", post(issue_token))
             .route("/api/system/{tenant}/organizations", create)
-            .route("/api/system/{tenant}/organizations/{id}", get(get_organization))
+            .route("/api/system/{tenant}/organizations/{id}", lookup(get_organization))
             .fallback(api_not_found)
     }
 
-    /// Completes a seeded organization the way SecureAuth stores one: a random id when it has
-    /// none, and the documented defaults of the `Org` response.
-    fn normalize_seed(org: Value) -> Value {
-        match org {
-            Value::Object(fields) => {
-                let id = fields.get("id").and_then(Value::as_str).map_or_else(new_org_id, str::to_owned);
-                let mut stored = defaults(id);
-                for (k, v) in fields {
-                    stored.insert(k, v);
-                }
-                Value::Object(stored)
-            }
-            other => other,
-        }
+    /// A random id and the documented defaults of the `Org` response.
+    fn seed_defaults() -> Map<String, Value> {
+        defaults(new_org_id())
     }
 
     fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response> {
@@ -182,16 +176,11 @@ async fn issue_token(State(served): State<Arc<Served<SecureAuth>>>, headers: Hea
         );
     };
     let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    match param("grant_type").as_deref() {
-        Some("client_credentials") => {}
-        Some(other) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                &format!("The authorization grant type {other} is not supported"),
-            );
-        }
-        None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required"),
+    let unsupported = |other: &str| format!("The authorization grant type {other} is not supported");
+    if let Err((error, description)) =
+        client_credentials_grant(param("grant_type").as_deref(), unsupported, "grant_type is required")
+    {
+        return oauth_error(StatusCode::BAD_REQUEST, error, &description);
     }
     let (client_id, client_secret) = match (param("client_id"), param("client_secret")) {
         (Some(id), Some(secret)) => (id, secret),
@@ -545,76 +534,28 @@ fn store(state: &SimState, new: NewOrg) -> Result<Value, ApiError> {
         .unwrap_or_else(|| Err(not_found("tenant")))
 }
 
-async fn get_organization(
-    State(served): State<Arc<Served<SecureAuth>>>,
-    Path((_tenant, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    served
-        .call(&headers, |sim| match sim.find_organization(PROVIDER, |org| has_text(org, "id", &id)) {
-            Some(org) => (StatusCode::OK, Json(org)).into_response(),
-            None => not_found("organization").into_response(),
-        })
-        .await
+fn get_organization(sim: &SimState, id: &str) -> Response {
+    match sim.find_organization(PROVIDER, |org| has_text(org, "id", id)) {
+        Some(org) => (StatusCode::OK, Json(org)).into_response(),
+        None => not_found("organization").into_response(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{client, json_of, start_with};
-    use crate::ScriptedFault;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
-    use std::time::Instant;
-
-    use super::super::{Faults, RateLimit, Simulator, SimulatorConfig};
     use super::*;
+    use crate::testing::{
+        Api, SECUREAUTH_TENANT as TENANT, client, json_of, rate_limited, start, start_signed_in, start_with, token_ttl,
+    };
+    use crate::{Simulator, SimulatorConfig};
 
     const SEED_REQUEST: &str = include_str!("../../tests/fixtures/secureauth/create_request.json");
     const SEED_RESPONSE: &str = include_str!("../../tests/fixtures/secureauth/create_response.json");
-    const TENANT: &str = "acme";
 
-    async fn start() -> Simulator {
-        start_with(PROVIDER, SimulatorConfig::default()).await
-    }
-
-    async fn token_response(client: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> reqwest::Response {
-        client.post(format!("{base}/{TENANT}/system/oauth2/token")).form(form).send().await.expect("token request")
-    }
-
-    async fn fetch_token(client: &reqwest::Client, base: &str) -> String {
-        let response = token_response(
-            client,
-            base,
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_id", "orgprov-sim"),
-                ("client_secret", "sim-secret"),
-                ("scope", "manage_organizations"),
-            ],
-        )
-        .await;
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.expect("token json");
-        body["access_token"].as_str().expect("access_token").to_owned()
-    }
-
-    async fn create(client: &reqwest::Client, base: &str, token: &str, body: Value) -> reqwest::Response {
-        client
-            .post(format!("{base}/api/system/{TENANT}/organizations"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("create request")
-    }
-
-    async fn lookup(client: &reqwest::Client, base: &str, token: &str, id: &str) -> reqwest::Response {
-        client
-            .get(format!("{base}/api/system/{TENANT}/organizations/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("lookup request")
+    async fn lookup(api: &Api, id: &str) -> reqwest::Response {
+        api.get(&format!("/api/system/{TENANT}/organizations/{id}")).await
     }
 
     fn seed_template(sim: &Simulator) {
@@ -628,15 +569,18 @@ mod tests {
 
     #[tokio::test]
     async fn token_is_form_encoded_checks_credentials_and_scope_and_renders_expires_in_as_a_string() {
-        let sim = start().await;
+        let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
-        let ok = token_response(
-            &client,
-            &base,
-            &[("grant_type", "client_credentials"), ("client_id", "orgprov-sim"), ("client_secret", "sim-secret")],
-        )
-        .await;
+        // A form with the client credentials, the given secret and maybe a scope.
+        let token = async |secret: &str, scope: Option<&str>| {
+            let mut form = vec![("grant_type", "client_credentials"), ("client_id", "orgprov-sim")];
+            form.push(("client_secret", secret));
+            form.extend(scope.map(|scope| ("scope", scope)));
+            let request = client.post(format!("{base}/{TENANT}/system/oauth2/token")).form(&form);
+            request.send().await.expect("token request")
+        };
+        let ok = token("sim-secret", None).await;
         assert_eq!(ok.status(), 200);
         assert_eq!(ok.headers()[CACHE_CONTROL], "no-store");
         let body = json_of(ok).await;
@@ -644,26 +588,10 @@ mod tests {
         assert_eq!(body["scope"], "manage_organizations");
         assert_eq!(body["token_type"], "Bearer");
 
-        let bad_secret = token_response(
-            &client,
-            &base,
-            &[("grant_type", "client_credentials"), ("client_id", "orgprov-sim"), ("client_secret", "nope")],
-        )
-        .await;
+        let bad_secret = token("nope", None).await;
         assert_eq!(bad_secret.status(), 401);
         assert_eq!(json_of(bad_secret).await["error"], "invalid_client");
-
-        let scope = token_response(
-            &client,
-            &base,
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_id", "orgprov-sim"),
-                ("client_secret", "sim-secret"),
-                ("scope", "manage_configuration"),
-            ],
-        )
-        .await;
+        let scope = token("sim-secret", Some("manage_configuration")).await;
         assert_eq!(scope.status(), 400);
         assert_eq!(json_of(scope).await["error"], "invalid_scope");
 
@@ -683,24 +611,28 @@ mod tests {
             .await
             .expect("json");
         assert_eq!(json.status(), 400);
+        let other_grant = client
+            .post(format!("{base}/{TENANT}/system/oauth2/token"))
+            .form(&[("grant_type", "password")])
+            .send()
+            .await
+            .expect("grant");
+        assert_eq!(json_of(other_grant).await["error"], "unsupported_grant_type");
 
         let recorded: Vec<bool> = sim.requests().iter().map(|r| r.authorized).collect();
-        assert_eq!(recorded, vec![true, false, false, true, false]);
+        assert_eq!(recorded, vec![true, false, false, true, false, false]);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn the_seed_request_creates_the_documented_organization() {
-        let sim = start().await;
+        let (sim, api) = start(PROVIDER).await;
         seed_template(&sim);
         sim.insert_organization(PROVIDER, json!({"id": "parent-org-id", "name": "parent"}));
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
 
         let mut request: Value = serde_json::from_str(SEED_REQUEST).expect("fixture");
         request["parent_id"] = json!("parent-org-id");
-        let response = create(&client, &base, &token, request).await;
+        let response = api.create(request).await;
         assert_eq!(response.status(), 201);
         assert!(response.headers().contains_key(ETAG));
         let created = json_of(response).await;
@@ -720,27 +652,20 @@ mod tests {
         assert_eq!(created["authentication_mechanisms"], json!(["password", "totp"]));
         assert_eq!(created["metadata"]["schema"]["properties"]["salesforceId"]["type"], "string");
 
-        let fetched = json_of(lookup(&client, &base, &token, id).await).await;
+        let fetched = json_of(lookup(&api, id).await).await;
         assert_eq!(fetched, created);
-        let parent = json_of(lookup(&client, &base, &token, "parent-org-id").await).await;
+        let parent = json_of(lookup(&api, "parent-org-id").await).await;
         assert_eq!(parent["number_of_child_organizations"], 1);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn the_seed_recommended_example_loses_its_top_level_metadata() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        let response = create(
-            &client,
-            &base,
-            &token,
-            json!({"name": "acme-corp-001", "displayName": "ACME Corporation", "email": "contact@acme.com",
-                   "metadata": {"salesforceId": "001xx000003DGb2AAG"}}),
-        )
-        .await;
+        let (sim, api) = start(PROVIDER).await;
+        let response = api
+            .create(json!({"name": "acme-corp-001", "displayName": "ACME Corporation", "email": "contact@acme.com",
+                   "metadata": {"salesforceId": "001xx000003DGb2AAG"}}))
+            .await;
         assert_eq!(response.status(), 201);
         let created = json_of(response).await;
         assert_eq!(created["metadata"], json!({"payload": {}, "schema": {}}));
@@ -750,34 +675,28 @@ mod tests {
 
     #[tokio::test]
     async fn client_chosen_id_and_name_are_unique() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
+        let (sim, api) = start(PROVIDER).await;
 
-        let first = create(&client, &base, &token, json!({"id": "abc123", "name": "acme"})).await;
+        let first = api.create(json!({"id": "abc123", "name": "acme"})).await;
         assert_eq!(first.status(), 201);
         assert_eq!(json_of(first).await["id"], "abc123");
-        let same_id = create(&client, &base, &token, json!({"id": "abc123", "name": "other"})).await;
+        let same_id = api.create(json!({"id": "abc123", "name": "other"})).await;
         assert_eq!(same_id.status(), 409);
         let body = json_of(same_id).await;
         assert_eq!(body["status_code"], 409);
         assert_eq!(body["error_code"], "conflict");
         assert_eq!(body["details"], json!({"id": "abc123"}));
-        let same_name = create(&client, &base, &token, json!({"id": "def456", "name": "acme"})).await;
+        let same_name = api.create(json!({"id": "def456", "name": "acme"})).await;
         assert_eq!(same_name.status(), 409);
         assert_eq!(json_of(same_name).await["details"], json!({"name": "acme"}));
-        assert_eq!(lookup(&client, &base, &token, "def456").await.status(), 404);
+        assert_eq!(lookup(&api, "def456").await.status(), 404);
         assert_eq!(sim.organizations(PROVIDER).len(), 1);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn validation_errors_have_the_documented_shape() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
+        let (sim, api) = start(PROVIDER).await;
 
         let cases = [
             (json!({"description": "no name"}), 422, "name"),
@@ -791,105 +710,31 @@ mod tests {
             (json!({"name": "acme", "id": "a/b"}), 422, "id"),
         ];
         for (body, status, field) in cases {
-            let response = create(&client, &base, &token, body.clone()).await;
+            let response = api.create(body.clone()).await;
             assert_eq!(response.status(), status, "{body}");
             let error = json_of(response).await;
             assert_eq!(error["status_code"], status);
             assert_eq!(error["error_code"], "validation_error");
             assert!(error["details"].get(field).is_some(), "{error}");
         }
-        let wrong_type = create(&client, &base, &token, json!({"name": ["acme"]})).await;
+        let wrong_type = api.create(json!({"name": ["acme"]})).await;
         assert_eq!(wrong_type.status(), 400);
         assert_eq!(json_of(wrong_type).await["error_code"], "bad_request");
-        let unknown_template = create(&client, &base, &token, json!({"name": "acme", "template_id": "nope"})).await;
+        let unknown_template = api.create(json!({"name": "acme", "template_id": "nope"})).await;
         assert_eq!(unknown_template.status(), 404);
         assert_eq!(json_of(unknown_template).await["error"], "organization template not found");
-        let unknown_parent = create(&client, &base, &token, json!({"name": "acme", "parent_id": "nope"})).await;
+        let unknown_parent = api.create(json!({"name": "acme", "parent_id": "nope"})).await;
         assert_eq!(unknown_parent.status(), 404);
         assert!(sim.organizations(PROVIDER).is_empty());
         sim.shutdown().await;
     }
 
     #[tokio::test]
-    async fn idempotency_key_is_ignored() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        let send = |name: &'static str| {
-            client
-                .post(format!("{base}/api/system/{TENANT}/organizations"))
-                .bearer_auth(&token)
-                .header("Idempotency-Key", "same-key")
-                .json(&json!({ "name": name }))
-                .send()
-        };
-        assert_eq!(send("first").await.expect("create").status(), 201);
-        assert_eq!(send("second").await.expect("create").status(), 201);
-        assert_eq!(send("second").await.expect("create").status(), 409);
-        assert_eq!(sim.organizations(PROVIDER).len(), 2);
-        let keys: Vec<Option<String>> = sim
-            .requests()
-            .into_iter()
-            .filter(|r| r.method == "POST" && r.path.ends_with("/organizations"))
-            .map(|r| r.idempotency_key)
-            .collect();
-        assert_eq!(keys, vec![Some("same-key".to_owned()); 3]);
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn lost_response_stores_and_answers_504_then_the_id_conflicts() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        sim.push_script(PROVIDER, vec![ScriptedFault::LostResponse]);
-        let response = create(&client, &base, &token, json!({"id": "lost1", "name": "lost"})).await;
-        assert_eq!(response.status(), 504);
-        assert_eq!(json_of(response).await["status_code"], 504);
-        assert_eq!(lookup(&client, &base, &token, "lost1").await.status(), 200);
-        assert_eq!(create(&client, &base, &token, json!({"id": "lost1", "name": "lost"})).await.status(), 409);
-        assert_eq!(sim.organizations(PROVIDER).len(), 1);
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn dropped_connection_and_late_commit_still_store() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        sim.push_script(PROVIDER, vec![ScriptedFault::DropConnection, ScriptedFault::LateCommit { delay_ms: 200 }]);
-        let dropped = client
-            .post(format!("{base}/api/system/{TENANT}/organizations"))
-            .bearer_auth(&token)
-            .json(&json!({"id": "d1", "name": "dropped"}))
-            .send()
-            .await;
-        assert!(dropped.is_err());
-        assert_eq!(lookup(&client, &base, &token, "d1").await.status(), 200);
-        let late = create(&client, &base, &token, json!({"id": "l1", "name": "late"})).await;
-        assert_eq!(late.status(), 503);
-        assert_eq!(lookup(&client, &base, &token, "l1").await.status(), 404);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(lookup(&client, &base, &token, "l1").await.status(), 200);
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
     async fn rate_limit_answers_429_with_retry_after_and_spares_token_calls() {
-        let config = SimulatorConfig {
-            faults: Faults { rate_limit: Some(RateLimit { per_second: 0.5, burst: 2 }), ..Faults::default() },
-            ..SimulatorConfig::default()
-        };
-        let sim = start_with(PROVIDER, config).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        assert_eq!(create(&client, &base, &token, json!({"name": "r1"})).await.status(), 201);
-        assert_eq!(lookup(&client, &base, &token, "x").await.status(), 404);
-        let limited = create(&client, &base, &token, json!({"name": "r3"})).await;
+        let (sim, api) = start_signed_in(PROVIDER, rate_limited(0.5, 2)).await;
+        assert_eq!(api.create(json!({"name": "r1"})).await.status(), 201);
+        assert_eq!(lookup(&api, "x").await.status(), 404);
+        let limited = api.create(json!({"name": "r3"})).await;
         assert_eq!(limited.status(), 429);
         assert_eq!(limited.headers()[RETRY_AFTER], "2", "one request per 2 s refills");
         assert!(limited.headers().get("x-ratelimit-reset").is_none());
@@ -899,41 +744,29 @@ mod tests {
                    "details": null})
         );
         // Token calls belong to the OAuth group, not the System API bucket.
-        let _ = fetch_token(&client, &base).await;
+        let _ = Api::sign_in(&sim, PROVIDER).await;
         assert_eq!(sim.organizations(PROVIDER).len(), 1);
-
-        sim.set_faults(Faults::default());
-        sim.push_script(PROVIDER, vec![ScriptedFault::RateLimited { retry_after_secs: Some(7) }]);
-        let scripted = create(&client, &base, &token, json!({"name": "r4"})).await;
-        assert_eq!(scripted.status(), 429);
-        assert_eq!(scripted.headers()[RETRY_AFTER], "7");
-        assert_eq!(create(&client, &base, &token, json!({"name": "r4"})).await.status(), 201);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn expired_revoked_and_missing_tokens_get_401() {
-        let sim =
-            start_with(PROVIDER, SimulatorConfig { token_ttl: Duration::from_secs(1), ..SimulatorConfig::default() })
-                .await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        assert_eq!(lookup(&client, &base, &token, "x").await.status(), 404);
+        let (sim, api) = start_signed_in(PROVIDER, token_ttl(Duration::from_secs(1))).await;
+        assert_eq!(lookup(&api, "x").await.status(), 404);
         let started = Instant::now();
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let expired = lookup(&client, &base, &token, "x").await;
+        let expired = lookup(&api, "x").await;
         assert!(started.elapsed() >= Duration::from_secs(1));
         assert_eq!(expired.status(), 401);
         assert_eq!(json_of(expired).await["error"], "access token expired");
 
-        let fresh = fetch_token(&client, &base).await;
+        let fresh = Api::sign_in(&sim, PROVIDER).await;
         sim.revoke_tokens();
-        let revoked = create(&client, &base, &fresh, json!({"name": "x"})).await;
+        let revoked = fresh.create(json!({"name": "x"})).await;
         assert_eq!(revoked.status(), 401);
         assert_eq!(json_of(revoked).await["error_code"], "unauthorized");
-        let missing = client.get(format!("{base}/api/system/{TENANT}/organizations/x")).send().await.expect("get");
-        assert_eq!(missing.status(), 401);
+        let missing = api.http.get(format!("{}/api/system/{TENANT}/organizations/x", api.base)).send().await;
+        assert_eq!(missing.expect("get").status(), 401);
         assert!(sim.organizations(PROVIDER).is_empty());
         sim.shutdown().await;
     }

@@ -152,9 +152,18 @@ impl SimState {
         }
     }
 
+    /// Stores an organization as if someone else had created it, completed the way the
+    /// provider would have stored it.
     pub(crate) fn insert_seed(&self, provider: &str, org: Value) -> Option<Value> {
         let spec = provider_spec(provider)?;
-        let org = (spec.normalize_seed)(org);
+        let org = match org {
+            Value::Object(given) => {
+                let mut stored = (spec.seed_defaults)();
+                stored.extend(given);
+                Value::Object(stored)
+            }
+            other => other,
+        };
         self.with_provider(provider, |p| {
             p.orgs.push(org.clone());
             org

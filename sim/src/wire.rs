@@ -81,6 +81,20 @@ pub(crate) fn client_secret_basic(headers: &HeaderMap) -> Option<(String, String
     Some((urlencoding::decode(&id).ok()?.into_owned(), urlencoding::decode(&secret).ok()?.into_owned()))
 }
 
+/// RFC 6749 §4.4: a token request must ask for the client-credentials grant. `Err` is the error
+/// code and description of the 400 for another grant (worded by `unsupported`) or for none.
+pub(crate) fn client_credentials_grant(
+    grant_type: Option<&str>,
+    unsupported: impl FnOnce(&str) -> String,
+    missing: &str,
+) -> Result<(), (&'static str, String)> {
+    match grant_type {
+        Some("client_credentials") => Ok(()),
+        Some(other) => Err(("unsupported_grant_type", unsupported(other))),
+        None => Err(("invalid_request", missing.to_owned())),
+    }
+}
+
 /// The `key=value` pairs of an `application/x-www-form-urlencoded` body, still encoded.
 pub(crate) fn form_pairs(text: &str) -> impl Iterator<Item = &str> {
     text.split('&').filter(|pair| !pair.is_empty())
@@ -121,6 +135,17 @@ mod tests {
         assert_eq!(basic_credentials(&headers), Some(("id%3A1".to_owned(), "s%2B".to_owned())));
         assert_eq!(client_secret_basic(&headers), Some(("id:1".to_owned(), "s+".to_owned())));
         assert_eq!(basic_credentials(&with_authorization("Bearer aWQ6cw==")), None);
+    }
+
+    #[test]
+    fn only_the_client_credentials_grant_is_accepted() {
+        let unsupported = |other: &str| format!("no {other}");
+        assert_eq!(client_credentials_grant(Some("client_credentials"), unsupported, "none"), Ok(()));
+        assert_eq!(
+            client_credentials_grant(Some("password"), unsupported, "none"),
+            Err(("unsupported_grant_type", "no password".to_owned()))
+        );
+        assert_eq!(client_credentials_grant(None, unsupported, "none"), Err(("invalid_request", "none".to_owned())));
     }
 
     #[test]

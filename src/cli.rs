@@ -16,9 +16,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-#[cfg(feature = "simulator")]
-pub use orgprov_sim::cli::SimulateArgs;
-
 use crate::config::{ConfigError, Settings};
 use crate::contract::{self, OrganizationInput, RequestMessage};
 use crate::store::{EventNaming, Store};
@@ -27,6 +24,8 @@ use crate::worker::Worker;
 
 #[cfg(feature = "simulator")]
 pub use crate::demo::DemoArgs;
+#[cfg(feature = "simulator")]
+pub use orgprov_sim::cli::SimulateArgs;
 /// Without the simulator, `demo` takes anything and explains (see [`WithoutSimulator`]).
 #[cfg(not(feature = "simulator"))]
 pub type DemoArgs = WithoutSimulator;

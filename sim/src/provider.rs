@@ -1,4 +1,4 @@
-//! What every simulated provider shares, and the one place its faults are applied.
+//! What every simulated provider shares, and the one place faults are applied.
 //!
 //! A provider module implements [`SimulatedProvider`] with only its wire specifics: routes,
 //! authentication, rate limit, validation, storage and error bodies. Everything else is here and

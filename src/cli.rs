@@ -1,9 +1,12 @@
-//! The command line: `worker`, `migrate`, `simulate`, `submit`, `status`, `demo`.
+//! The command line: `worker`, `migrate`, `simulate`, `submit`, `status`, `demo`, `replay`.
+//!
+//! `simulate` and `demo` need the provider simulator (crate `orgprov-sim`, default feature
+//! `simulator`). A build without it still knows both commands, so scripts get a clear answer
+//! (exit 2) instead of a usage error. `simulate` takes the same flags as `orgprov-sim`.
 //!
 //! Exit codes: 0 success; 1 the request (or demo) ended in failure; 2 bad configuration or
 //! usage; 3 timed out waiting for an outcome; 4 infrastructure unreachable.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,10 +18,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigError, Settings};
 use crate::contract::{self, ErrorCode, OrganizationInput, RequestMessage};
-use crate::simulator::{Faults, RateLimit, Simulator, SimulatorConfig};
 use crate::store::{EventNaming, ReplayCandidate, RequestState, Store};
 use crate::template::Templates;
 use crate::worker::Worker;
+
+#[cfg(feature = "simulator")]
+pub use crate::demo::DemoArgs;
+#[cfg(feature = "simulator")]
+pub use orgprov_sim::cli::SimulateArgs;
+/// Without the simulator, `demo` takes anything and explains (see [`WithoutSimulator`]).
+#[cfg(not(feature = "simulator"))]
+pub type DemoArgs = WithoutSimulator;
+/// Without the simulator, `simulate` takes anything and explains (see [`WithoutSimulator`]).
+#[cfg(not(feature = "simulator"))]
+pub type SimulateArgs = WithoutSimulator;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -45,13 +58,15 @@ pub enum Command {
     /// Apply database migrations (creating the database if needed) and exit.
     Migrate,
     /// Serve the providers' APIs locally, with fault injection.
+    #[cfg_attr(not(feature = "simulator"), command(about = NOT_BUILT))]
     Simulate(SimulateArgs),
     /// Publish one request and wait for its outcome.
     Submit(SubmitArgs),
     /// Print a request, its attempts and its events from Postgres.
     Status { request_id: String },
     /// Run the whole pipeline on local NATS and Postgres against the built-in simulator.
-    Demo(crate::demo::DemoArgs),
+    #[cfg_attr(not(feature = "simulator"), command(about = NOT_BUILT))]
+    Demo(DemoArgs),
     /// Re-drive failed requests (dead letters) as a new generation: by id, code or time.
     Replay(ReplayArgs),
 }
@@ -87,61 +102,17 @@ fn error_code() -> impl clap::builder::TypedValueParser<Value = ErrorCode> {
         .map(|s| ErrorCode::parse(&s).unwrap_or(ErrorCode::Internal))
 }
 
+/// Stands in for the flags of `simulate` and `demo` in a build without the simulator: whatever
+/// follows the command is accepted, so the command still parses and can say what is missing.
+#[cfg(not(feature = "simulator"))]
 #[derive(Args, Debug, Clone)]
-pub struct SimulateArgs {
-    /// Provider to serve (repeatable).
-    #[arg(long = "provider", default_values_t = vec!["auth0".to_string()])]
-    pub providers: Vec<String>,
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    pub listen: SocketAddr,
-    #[arg(long, default_value = "orgprov-sim")]
-    pub client_id: String,
-    /// The client secret the token endpoint accepts.
-    #[arg(long, env = "ORGPROV_SIM_CLIENT_SECRET", default_value = "sim-secret", hide_env_values = true)]
-    pub client_secret: String,
-    #[arg(long, default_value_t = 86_400)]
-    pub token_ttl_secs: u64,
-    /// Probability that a create answers 503 and stores nothing.
-    #[arg(long, default_value_t = 0.0)]
-    pub error_rate: f64,
-    /// Probability that a create stores the organization and answers 504.
-    #[arg(long, default_value_t = 0.0)]
-    pub lost_response_rate: f64,
-    /// Probability that a create answers 503 and the organization appears later.
-    #[arg(long, default_value_t = 0.0)]
-    pub late_commit_rate: f64,
-    #[arg(long, default_value_t = 2_000)]
-    pub late_commit_delay_ms: u64,
-    #[arg(long, default_value_t = 0)]
-    pub latency_ms: u64,
-    #[arg(long, default_value_t = 0)]
-    pub latency_jitter_ms: u64,
-    /// Tenant rate limit in requests per second (token bucket); off when absent.
-    #[arg(long)]
-    pub rate_limit: Option<f64>,
-    #[arg(long, default_value_t = 10)]
-    pub rate_burst: u32,
+pub struct WithoutSimulator {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    args: Vec<String>,
 }
 
-impl SimulateArgs {
-    pub fn simulator_config(&self) -> SimulatorConfig {
-        SimulatorConfig {
-            providers: self.providers.clone(),
-            client_id: self.client_id.clone(),
-            client_secret: self.client_secret.clone(),
-            token_ttl: Duration::from_secs(self.token_ttl_secs),
-            faults: Faults {
-                latency_ms: self.latency_ms,
-                latency_jitter_ms: self.latency_jitter_ms,
-                error_rate: self.error_rate,
-                lost_response_rate: self.lost_response_rate,
-                late_commit_rate: self.late_commit_rate,
-                late_commit_delay_ms: self.late_commit_delay_ms,
-                rate_limit: self.rate_limit.map(|per_second| RateLimit { per_second, burst: self.rate_burst }),
-            },
-        }
-    }
-}
+#[cfg(not(feature = "simulator"))]
+const NOT_BUILT: &str = "Not in this build (no `simulator` feature); see `orgprov-sim`";
 
 #[derive(Args, Debug, Clone)]
 pub struct SubmitArgs {
@@ -187,7 +158,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Simulate(args) => simulate(args).await,
         Command::Submit(args) => submit(&settings, args).await,
         Command::Status { request_id } => status(&settings, &request_id).await,
-        Command::Demo(args) => crate::demo::run(settings, args).await,
+        Command::Demo(args) => demo(settings, args).await,
         Command::Replay(args) => replay(&settings, args).await,
     };
     match result {
@@ -257,15 +228,38 @@ async fn migrate(settings: &Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+#[cfg(feature = "simulator")]
 async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    let sim = Simulator::start(args.listen, args.simulator_config()).await?;
-    for p in &args.providers {
-        println!("{p}: {}", sim.base_url(p));
-    }
-    println!("admin: http://{}/_sim/ (organizations, requests, faults, script)", sim.addr());
-    let _ = tokio::signal::ctrl_c().await;
-    sim.shutdown().await;
+    orgprov_sim::cli::run(args).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "simulator")]
+async fn demo(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    crate::demo::run(settings, args).await
+}
+
+#[cfg(not(feature = "simulator"))]
+async fn simulate(_: SimulateArgs) -> anyhow::Result<ExitCode> {
+    Ok(without_simulator("simulate"))
+}
+
+#[cfg(not(feature = "simulator"))]
+async fn demo(_: Settings, _: DemoArgs) -> anyhow::Result<ExitCode> {
+    Ok(without_simulator("demo"))
+}
+
+/// The answer of `simulate` and `demo` in a build without the simulator: what is missing and
+/// the two ways to get it.
+#[cfg(not(feature = "simulator"))]
+fn without_simulator(command: &str) -> ExitCode {
+    eprintln!(
+        "error: `orgprov {command}` needs the provider simulator, and this orgprov was built without it \
+         (--no-default-features).\n\
+         Build orgprov with its default `simulator` feature (`cargo build --release`), or run the \
+         simulator's own binary, `orgprov-sim` (`cargo run --release -p orgprov-sim -- --help`)."
+    );
+    ExitCode::from(2)
 }
 
 fn naming(settings: &Settings) -> EventNaming {

@@ -8,8 +8,9 @@
 //! Layout, by domain: [`contract`] (public message and event types), [`config`],
 //! [`template`], [`providers`] (one module per provider), [`delivery`] (HTTP, rate limit,
 //! retry timing), [`store`] (Postgres), [`bus`] (JetStream and the outbox relay), [`worker`]
-//! (the consume loop and the per-request state machine), [`simulator`] (the providers' APIs
-//! as a local server), [`cli`] (the commands), [`telemetry`] and [`admin`].
+//! (the consume loop and the per-request state machine), [`cli`] (the commands), [`telemetry`]
+//! and [`admin`]. With the default `simulator` feature, `demo` runs the whole pipeline against
+//! the provider simulator (crate `orgprov-sim`); without it the worker has no simulator code.
 
 pub mod admin;
 pub mod bus;
@@ -17,11 +18,11 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod delivery;
+#[cfg(feature = "simulator")]
 pub mod demo;
 pub mod fault;
 pub mod lifecycle;
 pub mod providers;
-pub mod simulator;
 pub mod store;
 pub mod telemetry;
 pub mod template;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use orgprov::config::RateLimitSettings;
-use orgprov::simulator::{Faults, RateLimit, SimulatorConfig};
+use orgprov_sim::{Faults, RateLimit, SimulatorConfig};
 
 use crate::helpers::{TARGET, TestEnv};
 use crate::reliability::assert_exactly_once;

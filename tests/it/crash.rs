@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use orgprov::simulator::{Faults, SimulatorConfig};
+use orgprov_sim::{Faults, SimulatorConfig};
 
 use crate::helpers::TestEnv;
 

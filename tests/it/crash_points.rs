@@ -7,7 +7,7 @@
 #[cfg(feature = "fault-hooks")]
 mod points {
     use orgprov::fault::CrashPoint;
-    use orgprov::simulator::{Faults, SimulatorConfig};
+    use orgprov_sim::{Faults, SimulatorConfig};
 
     use crate::helpers::TestEnv;
     use crate::reliability::assert_exactly_once;

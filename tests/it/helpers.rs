@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_nats::jetstream;
 use futures::StreamExt;
 use orgprov::config::{RateLimitSettings, RetrySettings, Settings, Target, TargetSettings};
-use orgprov::simulator::{Simulator, SimulatorConfig};
 use orgprov::template::Templates;
 use orgprov::worker::{Worker, WorkerHandle};
+use orgprov_sim::{Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 

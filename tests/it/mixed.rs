@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use orgprov::config::TargetSettings;
-use orgprov::simulator::{ScriptedFault, SimulatorConfig};
+use orgprov_sim::{ScriptedFault, SimulatorConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestEnv, target_settings};

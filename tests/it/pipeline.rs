@@ -1,6 +1,6 @@
 //! The happy path and idempotency: provisioning, duplicates, lost responses, conflicts.
 
-use orgprov::simulator::ScriptedFault;
+use orgprov_sim::ScriptedFault;
 use serde_json::json;
 
 use crate::helpers::{TestEnv, calls, calls_of};

@@ -17,8 +17,8 @@ use orgprov::config::{Settings, TargetSettings};
 use orgprov::contract::{Branding, ErrorCode, RequestId};
 use orgprov::delivery::{Delivery, Unlimited};
 use orgprov::providers::{Created, ErrorClass, Lookup, Provider};
-use orgprov::simulator::{ScriptedFault, SimulatorConfig};
 use orgprov::template::OrgSpec;
+use orgprov_sim::{ScriptedFault, SimulatorConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestEnv, calls, calls_of, target_settings};

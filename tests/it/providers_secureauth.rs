@@ -1,6 +1,6 @@
 //! SecureAuth Connect, end to end: NATS → worker → simulated SecureAuth tenant → Postgres →
 //! outcome event. (The contract tests against the vendor page's examples live next to the
-//! code: `src/providers/secureauth.rs` and `src/simulator/secureauth.rs`, on the fixtures in
+//! code: `src/providers/secureauth.rs` and `sim/src/secureauth.rs`, on the fixtures in
 //! `tests/fixtures/secureauth/`.)
 //!
 //! SecureAuth lets the client choose the organization id, so orgprov sends a deterministic one
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use orgprov::config::TargetSettings;
 use orgprov::providers::secureauth::organization_id;
-use orgprov::simulator::{ScriptedFault, SimulatorConfig};
+use orgprov_sim::{ScriptedFault, SimulatorConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestEnv, calls, calls_of, target_settings};

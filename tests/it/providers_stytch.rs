@@ -1,6 +1,6 @@
 //! Stytch B2B, end to end: NATS → worker → simulated Stytch project → Postgres → outcome
 //! event. (The contract tests against the vendor page's examples live next to the code:
-//! `src/providers/stytch.rs` and `src/simulator/stytch.rs`, on the fixtures in
+//! `src/providers/stytch.rs` and `sim/src/stytch.rs`, on the fixtures in
 //! `tests/fixtures/stytch/`.)
 //!
 //! Stytch has two unique keys: the slug (the organization's `name` in our requests) and the
@@ -9,7 +9,7 @@
 //! Basic credentials that are refused end the request at once: there is no token to refresh.
 
 use orgprov::providers::stytch::external_id;
-use orgprov::simulator::{ScriptedFault, SimulatorConfig};
+use orgprov_sim::{ScriptedFault, SimulatorConfig};
 use serde_json::{Value, json};
 
 use crate::helpers::{TestEnv, calls, calls_of, target_settings};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use orgprov::simulator::{Faults, SimulatorConfig};
+use orgprov_sim::{Faults, SimulatorConfig};
 
 use crate::helpers::{TestEnv, nats_url, pg_base_url};
 use crate::reliability::assert_exactly_once;

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use orgprov::simulator::{Faults, ScriptedFault, Simulator, SimulatorConfig};
+use orgprov_sim::{Faults, ScriptedFault, Simulator, SimulatorConfig};
 use serde_json::json;
 
 use crate::helpers::{TARGET, TestEnv, target_settings};

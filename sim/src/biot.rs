@@ -20,6 +20,9 @@
 //!   (or for a scripted `RateLimited`) answers 429 `TOO_MANY_REQUESTS` in BioT's body.
 //! - Search supports the `eq` and `in` operators on any top-level or dotted attribute, `page`
 //!   (from 0) and `limit` (default 100), newest first like BioT's default `_creationTime` DESC.
+//!
+//! This module is BioT's [`SimulatedProvider`]: its wire specifics only. Admission and the
+//! faults of a create are shared (`crate::provider`).
 
 // Validation helpers return the finished HTTP refusal as their error; boxing it would buy
 // nothing on a test server and cost readability.
@@ -27,20 +30,21 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, DATE, RETRY_AFTER};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use serde_json::{Map, Value, json};
 use time::format_description::well_known::Rfc3339;
 
-use super::{Authorized, DropConnection, ScriptedFault, SimState, TokenStatus, http_date_now};
+use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
+use crate::state::{SimState, TokenStatus, has_text};
+use crate::wire::{authorized, bearer_token};
 
 /// Path prefix and state key of this provider.
 const PROVIDER: &str = "biot";
@@ -49,30 +53,60 @@ const DESCRIPTION_MAX: usize = 5000;
 const BUILT_INS: &[&str] =
     &["_name", "_description", "_headquarters", "_locale", "_phone", "_primaryAdministrator", "_timezone"];
 
-/// The BioT routes, to be mounted under `/biot`.
-pub(crate) fn routes(state: Arc<SimState>) -> Router {
-    Router::new()
-        .route("/ums/v2/services/accessToken", post(issue_token))
-        .route("/organization/v1/organizations/templates/{template_name}", post(create_organization))
-        .route("/organization/v1/organizations", get(search_organizations))
-        .route("/organization/v1/organizations/{id}", get(get_organization))
-        .fallback(api_not_found)
-        .with_state(state)
-}
+/// A simulated BioT environment.
+#[derive(Default)]
+pub(crate) struct Biot;
 
-/// Gives a seeded organization an `_id` (and creation time) when it has none.
-pub(crate) fn normalize_seed(org: Value) -> Value {
-    match org {
-        Value::Object(mut fields) => {
-            if !fields.contains_key("_id") {
-                fields.insert("_id".into(), json!(uuid::Uuid::new_v4().to_string()));
-            }
-            if !fields.contains_key("_creationTime") {
-                fields.insert("_creationTime".into(), json!(now_iso()));
-            }
-            Value::Object(fields)
+impl SimulatedProvider for Biot {
+    const NAME: &'static str = PROVIDER;
+    /// The gateway answers 504 while the service is still at work.
+    const LATE_COMMIT_STATUS: u16 = 504;
+    type Draft = Map<String, Value>;
+    type Charge = bool;
+
+    fn routes(create: MethodRouter<Arc<Served<Self>>>) -> Router<Arc<Served<Self>>> {
+        Router::new()
+            .route("/ums/v2/services/accessToken", post(issue_token))
+            .route("/organization/v1/organizations/templates/{template_name}", create)
+            .route("/organization/v1/organizations", get(search_organizations))
+            .route("/organization/v1/organizations/{id}", lookup(get_organization))
+            .fallback(api_not_found)
+    }
+
+    /// An `_id` and a creation time.
+    fn seed_defaults() -> Map<String, Value> {
+        Map::from_iter([
+            ("_id".to_owned(), json!(uuid::Uuid::new_v4().to_string())),
+            ("_creationTime".to_owned(), json!(now_iso())),
+        ])
+    }
+
+    fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+        match bearer_token(headers).map(|token| sim.check_token(PROVIDER, token)) {
+            Ok(TokenStatus::Valid) => Ok(()),
+            _ => Err(token_not_valid()),
         }
-        other => other,
+    }
+
+    /// BioT documents no 429: the tenant bucket only limits when `Faults.rate_limit` is set.
+    fn charge(&self, sim: &SimState) -> bool {
+        sim.take_rate_limit(PROVIDER).allowed
+    }
+
+    fn too_many_requests(&self) -> Response {
+        org_error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", "Too many requests", json!({}))
+    }
+
+    fn validate(&self, call: &CreateCall) -> Result<Map<String, Value>, Response> {
+        prepare(call.param("template_name"), &call.headers, &call.body)
+    }
+
+    fn store(&self, sim: &SimState, org: Map<String, Value>) -> Result<Value, Response> {
+        store_if_free(sim, org)
+    }
+
+    fn error_for_status(&self, status: u16) -> Response {
+        error_for_status(status)
     }
 }
 
@@ -130,10 +164,6 @@ fn regex_failed(attribute: &str, value: &str, regex: &str) -> Response {
     )
 }
 
-fn too_many_requests() -> Response {
-    org_error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", "Too many requests", json!({}))
-}
-
 fn gateway_timeout() -> Response {
     org_error(StatusCode::GATEWAY_TIMEOUT, "GATEWAY_TIMEOUT", "Gateway timeout", json!({}))
 }
@@ -142,7 +172,8 @@ fn token_not_valid() -> Response {
     org_error(StatusCode::UNAUTHORIZED, "TOKEN_NOT_VALID", "Token is not valid", json!({}))
 }
 
-/// The body BioT would send with `status` for a scripted `Status` fault.
+/// The body BioT would send with `status`: 504 `GATEWAY_TIMEOUT` is its documented ambiguous
+/// answer, for lost responses and late commits.
 fn error_for_status(status: u16) -> Response {
     let Ok(code) = StatusCode::from_u16(status) else {
         return org_error(
@@ -158,7 +189,6 @@ fn error_for_status(status: u16) -> Response {
         403 => org_error(code, "ACCESS_DENIED", "Access denied", json!({})),
         404 => org_error(code, "TEMPLATE_NOT_FOUND_BY_NAME", "Template not found", json!({"templateName": "unknown"})),
         409 => org_error(code, "ORGANIZATION_ALREADY_EXIST", "Organization already exists", json!({"name": "unknown"})),
-        429 => too_many_requests(),
         500 => org_error(code, "INTERNAL_SERVER_ERROR", "Internal server error", json!({})),
         503 => org_error(code, "SERVICE_UNAVAILABLE", "Service unavailable", json!({})),
         504 => gateway_timeout(),
@@ -166,132 +196,44 @@ fn error_for_status(status: u16) -> Response {
     }
 }
 
-/// Adds a `Date` (clients read token expiries against it) and the recording marker.
-fn finish(mut response: Response, authorized: bool) -> Response {
-    if let Ok(date) = HeaderValue::from_str(&http_date_now()) {
-        response.headers_mut().insert(DATE, date);
-    }
-    response.extensions_mut().insert(Authorized(authorized));
-    response
+fn not_found() -> Response {
+    org_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Not Found", json!({}))
 }
 
 async fn api_not_found() -> Response {
-    org_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Not Found", json!({}))
+    not_found()
 }
 
 // ---------------------------------------------------------------------------------------------
 // UMS: service-user login
 // ---------------------------------------------------------------------------------------------
 
-async fn issue_token(State(state): State<Arc<SimState>>, body: Bytes) -> Response {
+async fn issue_token(State(served): State<Arc<Served<Biot>>>, body: Bytes) -> Response {
+    let state = &served.sim;
     let ums = |status, code: &str, message: &str| biot_error(status, "ums", code, message, json!({}));
     let Ok(Value::Object(login)) = serde_json::from_slice::<Value>(&body) else {
-        return finish(ums(StatusCode::BAD_REQUEST, "BAD_REQUEST", "Request body must be a JSON object"), false);
+        return authorized(ums(StatusCode::BAD_REQUEST, "BAD_REQUEST", "Request body must be a JSON object"), false);
     };
     let field = |name: &str| login.get(name).and_then(Value::as_str);
     let (Some(id), Some(secret)) = (field("id"), field("secretKey")) else {
-        return finish(ums(StatusCode::BAD_REQUEST, "ATTRIBUTE_IS_MANDATORY", "id and secretKey are mandatory"), false);
+        return authorized(
+            ums(StatusCode::BAD_REQUEST, "ATTRIBUTE_IS_MANDATORY", "id and secretKey are mandatory"),
+            false,
+        );
     };
     if id != state.client_id || secret != state.client_secret {
-        return finish(ums(StatusCode::FORBIDDEN, "LOGIN_FAILED", "Login failed"), false);
+        return authorized(ums(StatusCode::FORBIDDEN, "LOGIN_FAILED", "Login failed"), false);
     }
     let token = state.issue_token(PROVIDER);
     let ttl = time::Duration::try_from(state.token_ttl).unwrap_or(time::Duration::DAY);
     let expiration = (time::OffsetDateTime::now_utc() + ttl).format(&Rfc3339).unwrap_or_default();
     let body = json!({ "accessToken": token, "accessTokenExpiration": expiration });
-    finish((StatusCode::OK, Json(body)).into_response(), true)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Organization Service: admission (rate limit, latency, token)
-// ---------------------------------------------------------------------------------------------
-
-fn bearer_ok(state: &SimState, headers: &HeaderMap) -> bool {
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    token.is_some_and(|t| state.check_token(PROVIDER, t) == TokenStatus::Valid)
-}
-
-/// Every Organization Service call passes here; `Err` is the finished refusal.
-async fn admit(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
-    let authorized = bearer_ok(state, headers);
-    if !state.take_rate_limit(PROVIDER).allowed {
-        return Err(finish(too_many_requests(), authorized));
-    }
-    let latency = state.faults().latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    if authorized { Ok(()) } else { Err(finish(token_not_valid(), false)) }
+    authorized((StatusCode::OK, Json(body)).into_response(), true)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Organization Service: create
 // ---------------------------------------------------------------------------------------------
-
-async fn create_organization(
-    State(state): State<Arc<SimState>>,
-    Path(template_name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(refusal) = admit(&state, &headers).await {
-        return refusal;
-    }
-    let response = match state.next_create_fault(PROVIDER) {
-        None => commit(&state, &template_name, &headers, &body),
-        Some(ScriptedFault::Hang { ms }) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            commit(&state, &template_name, &headers, &body)
-        }
-        Some(ScriptedFault::Status { status }) => error_for_status(status),
-        Some(ScriptedFault::RateLimited { retry_after_secs }) => {
-            let mut response = too_many_requests();
-            if let Some(secs) = retry_after_secs {
-                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-            }
-            response
-        }
-        Some(ScriptedFault::LostResponse) => {
-            // BioT did its work; the gateway gave up waiting for it.
-            let _ = commit(&state, &template_name, &headers, &body);
-            gateway_timeout()
-        }
-        Some(ScriptedFault::DropConnection) => {
-            let _ = commit(&state, &template_name, &headers, &body);
-            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            response.extensions_mut().insert(DropConnection);
-            response
-        }
-        Some(ScriptedFault::LateCommit { delay_ms }) => {
-            // The gateway answers 504 while the service is still at work; a payload it would
-            // refuse is never stored, a valid one lands later unless its keys were taken.
-            if let Ok(org) = prepare(&template_name, &headers, &body) {
-                let late_state = state.clone();
-                state.spawn_delayed(Duration::from_millis(delay_ms), move || {
-                    let _ = store_if_free(&late_state, org);
-                });
-            }
-            gateway_timeout()
-        }
-    };
-    finish(response, true)
-}
-
-/// Normal processing: validate, then store unless the admin e-mail or the name is taken.
-fn commit(state: &SimState, template_name: &str, headers: &HeaderMap, body: &[u8]) -> Response {
-    match prepare(template_name, headers, body) {
-        Ok(org) => match store_if_free(state, org) {
-            Ok(stored) => (StatusCode::CREATED, Json(stored)).into_response(),
-            Err(refusal) => refusal,
-        },
-        Err(refusal) => refusal,
-    }
-}
 
 /// Stores the organization with its id unless a uniqueness rule refuses it.
 fn store_if_free(state: &SimState, org: Map<String, Value>) -> Result<Value, Response> {
@@ -328,11 +270,7 @@ fn store_if_free(state: &SimState, org: Map<String, Value>) -> Result<Value, Res
             p.orgs.push(stored.clone());
             Ok(stored)
         })
-        .unwrap_or_else(|| Err(api_not_found_sync()))
-}
-
-fn api_not_found_sync() -> Response {
-    org_error(StatusCode::NOT_FOUND, "NOT_FOUND", "Not Found", json!({}))
+        .unwrap_or_else(|| Err(not_found()))
 }
 
 /// Validates a create and returns the organization as BioT would store and return it.
@@ -522,36 +460,37 @@ fn matches(org: &Value, attribute: &str, condition: &Map<String, Value>) -> Resu
 }
 
 async fn search_organizations(
-    State(state): State<Arc<SimState>>,
+    State(served): State<Arc<Served<Biot>>>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(refusal) = admit(&state, &headers).await {
-        return refusal;
-    }
+    served.call(&headers, |sim| search(sim, &query)).await
+}
+
+fn search(sim: &SimState, query: &HashMap<String, String>) -> Response {
     let search: Value = match query.get("searchRequest") {
         None => json!({}),
         Some(text) => match serde_json::from_str(text) {
             Ok(v @ Value::Object(_)) => v,
-            _ => return finish(bad_request("BAD_REQUEST", "searchRequest is not a JSON object", json!({})), true),
+            _ => return bad_request("BAD_REQUEST", "searchRequest is not a JSON object", json!({})),
         },
     };
     let limit = search.get("limit").and_then(Value::as_u64).unwrap_or(100) as usize;
     let page = search.get("page").and_then(Value::as_u64).unwrap_or(0) as usize;
     let filter = search.get("filter").and_then(Value::as_object).cloned().unwrap_or_default();
-    let orgs = state.with_provider(PROVIDER, |p| p.orgs.clone()).unwrap_or_default();
+    let orgs = sim.with_provider(PROVIDER, |p| p.orgs.clone()).unwrap_or_default();
     let mut hits = Vec::new();
     // Newest first: BioT sorts by _creationTime DESC unless told otherwise.
     for org in orgs.iter().rev() {
         let mut keep = true;
         for (attribute, condition) in &filter {
             let Some(condition) = condition.as_object() else {
-                return finish(bad_request("BAD_REQUEST", "filter conditions must be objects", json!({})), true);
+                return bad_request("BAD_REQUEST", "filter conditions must be objects", json!({}));
             };
             match matches(org, attribute, condition) {
                 Ok(true) => {}
                 Ok(false) => keep = false,
-                Err(message) => return finish(bad_request("BAD_REQUEST", &message, json!({})), true),
+                Err(message) => return bad_request("BAD_REQUEST", &message, json!({})),
             }
         }
         if keep {
@@ -564,189 +503,140 @@ async fn search_organizations(
         "data": data,
         "metadata": { "page": { "totalResults": total, "page": page, "limit": limit }, "filter": filter, "sort": [] },
     });
-    finish((StatusCode::OK, Json(body)).into_response(), true)
+    (StatusCode::OK, Json(body)).into_response()
 }
 
-async fn get_organization(State(state): State<Arc<SimState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    if let Err(refusal) = admit(&state, &headers).await {
-        return refusal;
-    }
-    let found = state
-        .with_provider(PROVIDER, |p| p.orgs.iter().find(|o| o.get("_id").and_then(Value::as_str) == Some(&id)).cloned())
-        .flatten();
-    let response = match found {
+fn get_organization(sim: &SimState, id: &str) -> Response {
+    match sim.find_organization(PROVIDER, |org| has_text(org, "_id", id)) {
         Some(org) => (StatusCode::OK, Json(org)).into_response(),
         None => org_error(StatusCode::NOT_FOUND, "ORGANIZATION_NOT_FOUND", "Organization not found", json!({"id": id})),
-    };
-    finish(response, true)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{client, start_with};
+    use std::time::Duration;
 
-    use super::super::{Faults, RateLimit, SimulatorConfig};
+    use axum::http::header::DATE;
+
     use super::*;
-
-    async fn login(client: &reqwest::Client, base: &str) -> Value {
-        let response = client
-            .post(format!("{base}/ums/v2/services/accessToken"))
-            .json(&json!({"id": "orgprov-sim", "secretKey": "sim-secret"}))
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(response.status(), 200);
-        assert!(response.headers().contains_key(DATE));
-        response.json().await.expect("login json")
-    }
+    use crate::SimulatorConfig;
+    use crate::testing::{Api, client, json_of, rate_limited, start_signed_in, start_with, token_ttl};
 
     fn org(name: &str, email: &str) -> Value {
         json!({"_name": name, "_primaryAdministrator": {"_name": {"firstName": "A", "lastName": "B"},
                "_email": email, "_employeeId": email}, "orgprov_request_id": "r1"})
     }
 
-    async fn create(
-        client: &reqwest::Client,
-        base: &str,
-        token: &str,
-        template: &str,
-        body: Value,
-    ) -> reqwest::Response {
-        client
-            .post(format!("{base}/organization/v1/organizations/templates/{template}"))
-            .bearer_auth(token)
-            .header("x-execution-mode", "sync")
-            .json(&body)
-            .send()
-            .await
-            .expect("create")
+    async fn create(api: &Api, template: &str, body: Value) -> reqwest::Response {
+        let path = format!("/organization/v1/organizations/templates/{template}");
+        let request = api.request(reqwest::Method::POST, &path).header("x-execution-mode", "sync");
+        request.json(&body).send().await.expect("create")
     }
 
-    async fn search(client: &reqwest::Client, base: &str, token: &str, name: &str) -> Value {
+    async fn search(api: &Api, name: &str) -> Value {
         let request = json!({"filter": {"_name": {"eq": name}}, "limit": 1}).to_string();
-        client
-            .get(format!("{base}/organization/v1/organizations"))
-            .query(&[("searchRequest", request)])
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("search")
-            .json()
-            .await
-            .expect("search json")
+        let path = format!("/organization/v1/organizations?searchRequest={}", urlencoding::encode(&request));
+        json_of(api.get(&path).await).await
     }
 
     #[tokio::test]
-    async fn login_create_search_and_uniqueness() {
+    async fn login_answers_an_absolute_expiry_and_refuses_wrong_secrets() {
         let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let wrong = client
-            .post(format!("{base}/ums/v2/services/accessToken"))
-            .json(&json!({"id": "orgprov-sim", "secretKey": "nope"}))
-            .send()
-            .await
-            .expect("login");
+        let login = |secret: &'static str| {
+            client()
+                .post(format!("{}/ums/v2/services/accessToken", sim.base_url(PROVIDER)))
+                .json(&json!({"id": "orgprov-sim", "secretKey": secret}))
+                .send()
+        };
+        let wrong = login("nope").await.expect("login");
         assert_eq!(wrong.status(), 403);
-        assert_eq!(wrong.json::<Value>().await.expect("json")["code"], "LOGIN_FAILED");
-        let login = login(&client, &base).await;
-        let expiration = login["accessTokenExpiration"].as_str().expect("expiration");
+        assert_eq!(json_of(wrong).await["code"], "LOGIN_FAILED");
+        let ok = login("sim-secret").await.expect("login");
+        assert_eq!(ok.status(), 200);
+        assert!(ok.headers().contains_key(DATE));
+        let body = json_of(ok).await;
+        let expiration = body["accessTokenExpiration"].as_str().expect("expiration");
         assert!(time::OffsetDateTime::parse(expiration, &Rfc3339).is_ok(), "{expiration}");
-        let token = login["accessToken"].as_str().expect("token").to_owned();
+        assert!(body["accessToken"].as_str().is_some_and(|t| !t.is_empty()));
+        sim.shutdown().await;
+    }
 
-        let created = create(&client, &base, &token, "Clinic", org("Acme", "a@example.com")).await;
+    #[tokio::test]
+    async fn create_search_and_uniqueness() {
+        let (sim, api) = start_signed_in(PROVIDER, SimulatorConfig::default()).await;
+        let created = create(&api, "Clinic", org("Acme", "a@example.com")).await;
         assert_eq!(created.status(), 201);
-        let created: Value = created.json().await.expect("json");
+        let created = json_of(created).await;
         assert!(created["_id"].as_str().is_some_and(|id| id.len() == 36));
         assert_eq!(created["_template"]["name"], "Clinic");
         assert_eq!(created["orgprov_request_id"], "r1");
 
-        let same_email = create(&client, &base, &token, "Clinic", org("Other", "A@example.com")).await;
+        let same_email = create(&api, "Clinic", org("Other", "A@example.com")).await;
         assert_eq!(same_email.status(), 409);
-        assert_eq!(same_email.json::<Value>().await.expect("json")["code"], "EMAIL_ALREADY_EXIST");
-        let same_name = create(&client, &base, &token, "Clinic", org("Acme", "b@example.com")).await;
+        assert_eq!(json_of(same_email).await["code"], "EMAIL_ALREADY_EXIST");
+        let same_name = create(&api, "Clinic", org("Acme", "b@example.com")).await;
         assert_eq!(same_name.status(), 409);
-        let body: Value = same_name.json().await.expect("json");
+        let body = json_of(same_name).await;
         assert_eq!(body["code"], "ORGANIZATION_ALREADY_EXIST");
         for key in ["message", "serviceName", "traceId", "environment", "details"] {
             assert!(body.get(key).is_some(), "{key} missing from {body}");
         }
-        let missing = create(&client, &base, &token, "missing-template", org("New", "n@example.com")).await;
+        let missing = create(&api, "missing-template", org("New", "n@example.com")).await;
         assert_eq!(missing.status(), 404);
-        assert_eq!(missing.json::<Value>().await.expect("json")["code"], "TEMPLATE_NOT_FOUND_BY_NAME");
+        assert_eq!(json_of(missing).await["code"], "TEMPLATE_NOT_FOUND_BY_NAME");
 
-        let found = search(&client, &base, &token, "Acme").await;
+        let found = search(&api, "Acme").await;
         assert_eq!(found["data"].as_array().map(Vec::len), Some(1));
         assert_eq!(found["data"][0]["_id"], created["_id"]);
         assert_eq!(found["metadata"]["page"]["totalResults"], 1);
-        assert_eq!(search(&client, &base, &token, "Nobody").await["data"], json!([]));
+        assert_eq!(search(&api, "Nobody").await["data"], json!([]));
+        let id = created["_id"].as_str().expect("id");
+        assert_eq!(json_of(api.get(&format!("/organization/v1/organizations/{id}")).await).await, created);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn validation_errors_use_biot_codes() {
-        let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();
-        let code = |v: Value| v["code"].as_str().unwrap_or_default().to_owned();
-        let no_admin = create(&client, &base, &token, "Clinic", json!({"_name": "X"})).await;
-        assert_eq!(no_admin.status(), 400);
-        assert_eq!(code(no_admin.json().await.expect("json")), "ATTRIBUTE_IS_MANDATORY");
-        let mut bad_locale = org("X", "x@example.com");
-        bad_locale["_locale"] = json!("EN");
-        let r = create(&client, &base, &token, "Clinic", bad_locale).await;
-        assert_eq!(code(r.json().await.expect("json")), "VALIDATION_LOCALE_NOT_VALID");
-        let mut numeric = org("X", "x@example.com");
-        numeric["seats"] = json!(3);
-        let r = create(&client, &base, &token, "Clinic", numeric).await;
-        assert_eq!(code(r.json().await.expect("json")), "ATTRIBUTE_VALUE_TYPE_MISMATCH");
-        let mut unknown = org("X", "x@example.com");
-        unknown["_branding"] = json!({});
-        let r = create(&client, &base, &token, "Clinic", unknown).await;
-        assert_eq!(code(r.json().await.expect("json")), "ATTRIBUTE_NOT_VALID_FOR_TEMPLATE");
+        let (sim, api) = start_signed_in(PROVIDER, SimulatorConfig::default()).await;
+        let with = |key: &str, value: Value| {
+            let mut body = org("X", "x@example.com");
+            body[key] = value;
+            body
+        };
+        let cases = [
+            (json!({"_name": "X"}), "ATTRIBUTE_IS_MANDATORY"),
+            (with("_locale", json!("EN")), "VALIDATION_LOCALE_NOT_VALID"),
+            (with("seats", json!(3)), "ATTRIBUTE_VALUE_TYPE_MISMATCH"),
+            (with("_branding", json!({})), "ATTRIBUTE_NOT_VALID_FOR_TEMPLATE"),
+        ];
+        for (body, code) in cases {
+            let response = create(&api, "Clinic", body.clone()).await;
+            assert_eq!(response.status(), 400, "{body}");
+            assert_eq!(json_of(response).await["code"], code, "{body}");
+        }
         assert!(sim.organizations(PROVIDER).is_empty());
         sim.shutdown().await;
     }
 
     #[tokio::test]
-    async fn expired_tokens_and_faults() {
-        let config = SimulatorConfig { token_ttl: Duration::from_millis(300), ..SimulatorConfig::default() };
-        let sim = start_with(PROVIDER, config).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();
+    async fn expired_tokens_are_not_valid() {
+        let (sim, api) = start_signed_in(PROVIDER, token_ttl(Duration::from_millis(300))).await;
         tokio::time::sleep(Duration::from_millis(400)).await;
-        let expired = create(&client, &base, &token, "Clinic", org("X", "x@example.com")).await;
+        let expired = create(&api, "Clinic", org("X", "x@example.com")).await;
         assert_eq!(expired.status(), 401);
-        assert_eq!(expired.json::<Value>().await.expect("json")["code"], "TOKEN_NOT_VALID");
+        assert_eq!(json_of(expired).await["code"], "TOKEN_NOT_VALID");
         assert!(sim.organizations(PROVIDER).is_empty());
-
-        let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();
-        sim.push_script(PROVIDER, vec![ScriptedFault::LostResponse, ScriptedFault::LateCommit { delay_ms: 100 }]);
-        let lost = create(&client, &base, &token, "Clinic", org("Lost", "l@example.com")).await;
-        assert_eq!(lost.status(), 504);
-        assert_eq!(lost.json::<Value>().await.expect("json")["code"], "GATEWAY_TIMEOUT");
-        assert_eq!(sim.organizations(PROVIDER).len(), 1);
-        let late = create(&client, &base, &token, "Clinic", org("Late", "late@example.com")).await;
-        assert_eq!(late.status(), 504);
-        assert_eq!(sim.organizations(PROVIDER).len(), 1);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(sim.organizations(PROVIDER).len(), 2);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn rate_limit_only_when_configured() {
-        let faults = Faults { rate_limit: Some(RateLimit { per_second: 0.5, burst: 1 }), ..Faults::default() };
-        let sim = start_with(PROVIDER, SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = login(&client, &base).await["accessToken"].as_str().expect("token").to_owned();
-        assert_eq!(search(&client, &base, &token, "x").await["data"], json!([]));
-        let limited = create(&client, &base, &token, "Clinic", org("X", "x@example.com")).await;
+        let (sim, api) = start_signed_in(PROVIDER, rate_limited(0.5, 1)).await;
+        assert_eq!(search(&api, "x").await["data"], json!([]));
+        let limited = create(&api, "Clinic", org("X", "x@example.com")).await;
         assert_eq!(limited.status(), 429);
-        assert_eq!(limited.json::<Value>().await.expect("json")["code"], "TOO_MANY_REQUESTS");
+        assert_eq!(json_of(limited).await["code"], "TOO_MANY_REQUESTS");
         sim.shutdown().await;
     }
 }

@@ -4,23 +4,29 @@
 //! `x-ratelimit-*` headers as documented in PROVIDERS.md §2 and the vendor page (seed 001).
 //! Where the seed's samples are wrong (branding/metadata wrapped in arrays) we follow the real
 //! API, which rejects such payloads with 400.
+//!
+//! This module is Auth0's [`SimulatedProvider`]: its wire specifics only. Admission and the
+//! faults of a create are shared (`crate::provider`).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, DATE, PRAGMA, RETRY_AFTER};
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use base64::Engine as _;
+use axum::routing::{MethodRouter, post};
 use serde_json::{Map, Value, json};
 
-use super::faults::RateDecision;
-use super::{Authorized, DropConnection, ScriptedFault, SimState, TokenStatus, http_date_now};
+use crate::faults::RateDecision;
+use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
+use crate::state::{SimState, TokenStatus, has_text};
+use crate::wire::{
+    NoBearer, authorized, bearer_token, client_secret_basic, decode_form_pair, form_pairs, with_retry_after,
+};
 
 /// Path prefix and state key of this provider.
 const PROVIDER: &str = "auth0";
@@ -55,27 +61,75 @@ const DESC_SIGNUP: &str = "Determines whether organization signup should be enab
 const NAME_PATTERN: &str = "^[a-z0-9\\-_]+$";
 const COLOR_PATTERN: &str = "^#([0-9a-fA-F]{3}|[0-9a-fA-F]{6})$";
 
-/// The Auth0 routes, to be mounted under `/auth0`.
-pub(crate) fn routes(state: Arc<SimState>) -> Router {
-    Router::new()
-        .route("/oauth/token", post(issue_token))
-        .route("/api/v2/organizations", post(create_organization))
-        .route("/api/v2/organizations/name/{name}", get(get_organization_by_name))
-        .route("/api/v2/organizations/{id}", get(get_organization_by_id))
-        .fallback(api_not_found)
-        .with_state(state)
-}
+/// A simulated Auth0 tenant. Every answer of the Management API reports the tenant's token
+/// bucket in `x-ratelimit-*` headers, so the rate decision travels with the call.
+#[derive(Default)]
+pub(crate) struct Auth0;
 
-/// Gives a seeded organization an `org_…` id when it has none, placed first like Auth0 does.
-pub(crate) fn normalize_seed(org: Value) -> Value {
-    match org {
-        Value::Object(fields) if !fields.contains_key("id") => {
-            let mut with_id = Map::new();
-            with_id.insert("id".to_owned(), Value::String(new_org_id()));
-            with_id.extend(fields);
-            Value::Object(with_id)
-        }
-        other => other,
+impl SimulatedProvider for Auth0 {
+    const NAME: &'static str = PROVIDER;
+    type Draft = Map<String, Value>;
+    type Charge = RateDecision;
+
+    fn routes(create: MethodRouter<Arc<Served<Self>>>) -> Router<Arc<Served<Self>>> {
+        Router::new()
+            .route("/oauth/token", post(issue_token))
+            .route("/api/v2/organizations", create)
+            .route("/api/v2/organizations/name/{name}", lookup(|sim, name| find_by(sim, "name", name)))
+            .route("/api/v2/organizations/{id}", lookup(|sim, id| find_by(sim, "id", id)))
+            .fallback(api_not_found)
+    }
+
+    /// An `org_…` id.
+    fn seed_defaults() -> Map<String, Value> {
+        Map::from_iter([("id".to_owned(), Value::String(new_org_id()))])
+    }
+
+    fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+        // Worded as Auth0 words it.
+        let message = match bearer_token(headers).map(|token| sim.check_token(PROVIDER, token)) {
+            Ok(TokenStatus::Valid) => return Ok(()),
+            Ok(TokenStatus::Expired) => "Expired token received for JSON Web Token validation",
+            Ok(TokenStatus::Unknown) => "Invalid token",
+            Err(NoBearer::Missing) => "Missing authentication",
+            Err(NoBearer::Unreadable | NoBearer::OtherScheme) => "Bad HTTP authentication header format",
+        };
+        Err(unauthorized(message))
+    }
+
+    fn charge(&self, sim: &SimState) -> RateDecision {
+        sim.take_rate_limit(PROVIDER)
+    }
+
+    fn too_many_requests(&self) -> Response {
+        api_error(StatusCode::TOO_MANY_REQUESTS, "Global limit has been reached", Some("too_many_requests"))
+    }
+
+    /// A scripted 429 also reports an exhausted bucket in the rate-limit headers.
+    fn rate_limited(&self, retry_after_secs: Option<u64>, rate: &mut RateDecision) -> Response {
+        *rate = exhausted(*rate, retry_after_secs);
+        with_retry_after(self.too_many_requests(), retry_after_secs)
+    }
+
+    /// What every Management API answer carries: the tenant's rate-limit headers (clients
+    /// compare `x-ratelimit-reset` against the `Date`).
+    fn finish(&self, response: &mut Response, rate: &RateDecision) {
+        let headers = response.headers_mut();
+        headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
+        headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
+        headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset_epoch));
+    }
+
+    fn validate(&self, call: &CreateCall) -> Result<Map<String, Value>, Response> {
+        prepare(&call.headers, &call.body).map_err(IntoResponse::into_response)
+    }
+
+    fn store(&self, sim: &SimState, fields: Map<String, Value>) -> Result<Value, Response> {
+        store_if_free(sim, fields).ok_or_else(conflict)
+    }
+
+    fn error_for_status(&self, status: u16) -> Response {
+        error_for_status(status)
     }
 }
 
@@ -91,9 +145,7 @@ fn new_org_id() -> String {
 /// The Authentication API's error shape (different from the Management API's).
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let body = json!({ "error": error, "error_description": description });
-    let mut response = (status, Json(body)).into_response();
-    response.extensions_mut().insert(Authorized(false));
-    response
+    authorized((status, Json(body)).into_response(), false)
 }
 
 /// Reads the token request's parameters from a JSON or form body, as Auth0 accepts both.
@@ -108,35 +160,15 @@ fn token_params(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, 
     }
     let text = std::str::from_utf8(body).map_err(|_| "Invalid request body".to_owned())?;
     let mut params = Map::new();
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            urlencoding::decode(&s.replace('+', " "))
-                .map(|c| c.into_owned())
-                .map_err(|_| "Invalid form encoding".to_owned())
-        };
-        params.insert(decode(key)?, Value::String(decode(value)?));
+    for pair in form_pairs(text) {
+        let (key, value) = decode_form_pair(pair).ok_or_else(|| "Invalid form encoding".to_owned())?;
+        params.insert(key, Value::String(value));
     }
     Ok(params)
 }
 
-/// `client_secret_basic`: `Authorization: Basic base64(id:secret)`, an alternative Auth0 allows
-/// to sending the credentials in the body.
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let text = String::from_utf8(decoded).ok()?;
-    let (id, secret) = text.split_once(':')?;
-    let id = urlencoding::decode(id).ok()?.into_owned();
-    let secret = urlencoding::decode(secret).ok()?.into_owned();
-    Some((id, secret))
-}
-
-async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn issue_token(State(served): State<Arc<Served<Auth0>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let state = &served.sim;
     let params = match token_params(&headers, &body) {
         Ok(params) => params,
         Err(description) => {
@@ -157,7 +189,8 @@ async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
     }
     let (client_id, client_secret) = match (param("client_id"), param("client_secret")) {
         (Some(id), Some(secret)) => (id, secret),
-        _ => basic_credentials(&headers).unwrap_or_default(),
+        // `client_secret_basic`, the alternative Auth0 allows to sending them in the body.
+        _ => client_secret_basic(&headers).unwrap_or_default(),
     };
     if client_id != state.client_id || client_secret != state.client_secret {
         return oauth_error(StatusCode::UNAUTHORIZED, "access_denied", "Unauthorized");
@@ -187,8 +220,7 @@ async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    response.extensions_mut().insert(Authorized(true));
-    response
+    authorized(response, true)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,10 +263,6 @@ fn not_found() -> Response {
     api_error(StatusCode::NOT_FOUND, "No organization found by that name or id", Some("inexistent_organization"))
 }
 
-fn too_many_requests() -> Response {
-    api_error(StatusCode::TOO_MANY_REQUESTS, "Global limit has been reached", Some("too_many_requests"))
-}
-
 fn service_unavailable() -> Response {
     api_error(StatusCode::SERVICE_UNAVAILABLE, "The service is temporarily unavailable", None)
 }
@@ -243,7 +271,7 @@ fn gateway_timeout() -> Response {
     api_error(StatusCode::GATEWAY_TIMEOUT, "Request timed out", None)
 }
 
-/// The body Auth0 would send with `status` for a scripted `Status` fault.
+/// The body Auth0 would send with `status`.
 fn error_for_status(status: u16) -> Response {
     let Ok(status) = StatusCode::from_u16(status) else {
         // Not a representable HTTP status: the closest honest answer is a server error.
@@ -257,7 +285,6 @@ fn error_for_status(status: u16) -> Response {
         }
         404 => not_found(),
         409 => conflict(),
-        429 => too_many_requests(),
         500 => api_error(status, "An internal server error occurred", None),
         503 => service_unavailable(),
         504 => gateway_timeout(),
@@ -265,118 +292,13 @@ fn error_for_status(status: u16) -> Response {
     }
 }
 
-/// Adds what every Management API response carries: the tenant's rate-limit headers and a
-/// `Date` (clients compare `x-ratelimit-reset` against it), plus the recording marker.
-fn finish(mut response: Response, rate: RateDecision, authorized: bool) -> Response {
-    let headers = response.headers_mut();
-    headers.insert("x-ratelimit-limit", HeaderValue::from(rate.limit));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(rate.remaining));
-    headers.insert("x-ratelimit-reset", HeaderValue::from(rate.reset_epoch));
-    if let Ok(date) = HeaderValue::from_str(&http_date_now()) {
-        headers.insert(DATE, date);
-    }
-    response.extensions_mut().insert(Authorized(authorized));
-    response
-}
-
 async fn api_not_found() -> Response {
     api_error(StatusCode::NOT_FOUND, "Not Found", None)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Management API: admission (token, rate limit, latency)
-// ---------------------------------------------------------------------------------------------
-
-/// Why a bearer token was refused, worded as Auth0 words it.
-fn bearer_check(state: &SimState, headers: &HeaderMap) -> Result<(), &'static str> {
-    let Some(value) = headers.get(AUTHORIZATION) else {
-        return Err("Missing authentication");
-    };
-    let value = value.to_str().map_err(|_| "Bad HTTP authentication header format")?;
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err("Bad HTTP authentication header format"),
-    };
-    match state.check_token(PROVIDER, token) {
-        TokenStatus::Valid => Ok(()),
-        TokenStatus::Expired => Err("Expired token received for JSON Web Token validation"),
-        TokenStatus::Unknown => Err("Invalid token"),
-    }
-}
-
-/// Every Management API call passes here: it is charged to the tenant bucket (401s and 429s
-/// included, as on a real tenant), delayed by the configured latency, and authenticated.
-/// `Err` is the finished refusal.
-async fn admit(state: &SimState, headers: &HeaderMap) -> Result<RateDecision, Response> {
-    let auth = bearer_check(state, headers);
-    let rate = state.take_rate_limit(PROVIDER);
-    if !rate.allowed {
-        // Refused at the edge: no latency, no processing.
-        return Err(finish(too_many_requests(), rate, auth.is_ok()));
-    }
-    let latency = state.faults().latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    match auth {
-        Ok(()) => Ok(rate),
-        Err(message) => Err(finish(unauthorized(message), rate, false)),
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Management API: organizations
 // ---------------------------------------------------------------------------------------------
-
-async fn create_organization(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
-    let rate = match admit(&state, &headers).await {
-        Ok(rate) => rate,
-        Err(refusal) => return refusal,
-    };
-    // The fault is drawn only for admitted calls, so a script is not eaten by 401s/429s that a
-    // client is expected to retry through.
-    let (response, rate) = match state.next_create_fault(PROVIDER) {
-        None => (commit(&state, &headers, &body), rate),
-        Some(ScriptedFault::Hang { ms }) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            (commit(&state, &headers, &body), rate)
-        }
-        Some(ScriptedFault::Status { status }) => {
-            let rate = if status == 429 { exhausted(rate, None) } else { rate };
-            (error_for_status(status), rate)
-        }
-        Some(ScriptedFault::RateLimited { retry_after_secs }) => {
-            let mut response = too_many_requests();
-            if let Some(secs) = retry_after_secs {
-                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-            }
-            (response, exhausted(rate, retry_after_secs))
-        }
-        Some(ScriptedFault::LostResponse) => {
-            // The provider did its work (whatever the outcome); only the answer is lost.
-            let _ = commit(&state, &headers, &body);
-            (gateway_timeout(), rate)
-        }
-        Some(ScriptedFault::DropConnection) => {
-            let _ = commit(&state, &headers, &body);
-            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            response.extensions_mut().insert(DropConnection);
-            (response, rate)
-        }
-        Some(ScriptedFault::LateCommit { delay_ms }) => {
-            // A payload that would be refused is never committed; a valid one is stored later
-            // unless someone took the name meanwhile (then the late write simply loses).
-            if let Ok(org) = prepare(&headers, &body) {
-                let late_state = state.clone();
-                state.spawn_delayed(Duration::from_millis(delay_ms), move || {
-                    let _ = store_if_free(&late_state, org);
-                });
-            }
-            (service_unavailable(), rate)
-        }
-    };
-    finish(response, rate, true)
-}
 
 /// Rate-limit headers for a scripted 429: nothing left, full again after `retry_after` (or at
 /// least the next second).
@@ -387,17 +309,6 @@ fn exhausted(rate: RateDecision, retry_after_secs: Option<u64>) -> RateDecision 
         remaining: 0,
         reset_epoch: rate.reset_epoch.max(now + retry_after_secs.unwrap_or(1).max(1)),
         ..rate
-    }
-}
-
-/// Normal processing of a create: validate, then store unless the name is taken.
-fn commit(state: &SimState, headers: &HeaderMap, body: &[u8]) -> Response {
-    match prepare(headers, body) {
-        Ok(org) => match store_if_free(state, org) {
-            Some(stored) => (StatusCode::CREATED, Json(stored)).into_response(),
-            None => conflict(),
-        },
-        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -469,37 +380,11 @@ fn as_fetched(org: &Value) -> Value {
     org
 }
 
-async fn get_organization_by_name(
-    State(state): State<Arc<SimState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    lookup(&state, &headers, "name", &name).await
-}
-
-async fn get_organization_by_id(
-    State(state): State<Arc<SimState>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    lookup(&state, &headers, "id", &id).await
-}
-
-async fn lookup(state: &SimState, headers: &HeaderMap, field: &str, wanted: &str) -> Response {
-    let rate = match admit(state, headers).await {
-        Ok(rate) => rate,
-        Err(refusal) => return refusal,
-    };
-    let found = state
-        .with_provider(PROVIDER, |p| {
-            p.orgs.iter().find(|org| org.get(field).and_then(Value::as_str) == Some(wanted)).map(as_fetched)
-        })
-        .flatten();
-    let response = match found {
-        Some(org) => (StatusCode::OK, Json(org)).into_response(),
+fn find_by(sim: &SimState, field: &str, wanted: &str) -> Response {
+    match sim.find_organization(PROVIDER, |org| has_text(org, field, wanted)) {
+        Some(org) => (StatusCode::OK, Json(as_fetched(&org))).into_response(),
         None => not_found(),
-    };
-    finish(response, rate, true)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -739,57 +624,22 @@ fn validate_connections(connections: &Value) -> Result<(), Invalid> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{client, json_of, start_with};
-    use std::net::SocketAddr;
-    use std::time::Instant;
+    use std::time::Duration;
 
-    use super::super::{Faults, RateLimit, Simulator, SimulatorConfig};
+    use axum::http::header::RETRY_AFTER;
+
     use super::*;
+    use crate::testing::{Api, client, json_of, rate_limited, start, start_signed_in, start_with, token_ttl};
+    use crate::{ScriptedFault, SimulatorConfig};
 
-    async fn start() -> Simulator {
-        start_with(PROVIDER, SimulatorConfig::default()).await
-    }
-
-    async fn fetch_token(client: &reqwest::Client, base: &str) -> String {
-        let response = client
-            .post(format!("{base}/oauth/token"))
-            .json(&json!({
-                "grant_type": "client_credentials",
-                "client_id": "orgprov-sim",
-                "client_secret": "sim-secret",
-                "audience": format!("{base}/api/v2/"),
-            }))
-            .send()
-            .await
-            .expect("token request");
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.expect("token json");
-        body["access_token"].as_str().expect("access_token").to_owned()
-    }
-
-    async fn create(client: &reqwest::Client, base: &str, token: &str, body: Value) -> reqwest::Response {
-        client
-            .post(format!("{base}/api/v2/organizations"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("create request")
-    }
-
-    async fn lookup(client: &reqwest::Client, base: &str, token: &str, name: &str) -> reqwest::Response {
-        client
-            .get(format!("{base}/api/v2/organizations/name/{name}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("lookup request")
+    async fn lookup(api: &Api, name: &str) -> reqwest::Response {
+        api.get(&format!("/api/v2/organizations/name/{name}")).await
     }
 
     #[tokio::test]
     async fn token_is_issued_and_wrong_credentials_are_refused() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
+        let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
+        let base = sim.base_url(PROVIDER);
         let client = client();
 
         let ok = client
@@ -853,10 +703,7 @@ mod tests {
 
     #[tokio::test]
     async fn create_then_same_name_conflicts_and_lookup_finds_it() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
+        let (sim, api) = start(PROVIDER).await;
 
         let payload = json!({
             "name": "acme-1",
@@ -865,7 +712,7 @@ mod tests {
             "metadata": {"request_key": "rk-1"},
             "enabled_connections": [{"connection_id": "con_0123456789abcdef", "assign_membership_on_login": true}],
         });
-        let created = create(&client, &base, &token, payload.clone()).await;
+        let created = api.create(payload.clone()).await;
         assert_eq!(created.status(), 201);
         for header in ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset", "date"] {
             assert!(created.headers().contains_key(header), "missing {header}");
@@ -878,27 +725,21 @@ mod tests {
             assert_eq!(org[key], payload[key], "{key} echoed");
         }
 
-        let again = create(&client, &base, &token, json!({"name": "acme-1"})).await;
+        let again = api.create(json!({"name": "acme-1"})).await;
         assert_eq!(again.status(), 409);
         let body = json_of(again).await;
         assert_eq!(body["statusCode"], 409);
         assert_eq!(body["errorCode"], "organization_conflict");
 
-        let found = lookup(&client, &base, &token, "acme-1").await;
+        let found = lookup(&api, "acme-1").await;
         assert_eq!(found.status(), 200);
         let found = json_of(found).await;
         assert_eq!(found["id"], id.as_str());
         assert_eq!(found["metadata"]["request_key"], "rk-1");
 
-        let by_id = client
-            .get(format!("{base}/api/v2/organizations/{id}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("get by id");
-        assert_eq!(by_id.status(), 200);
+        assert_eq!(api.get(&format!("/api/v2/organizations/{id}")).await.status(), 200);
 
-        let missing = lookup(&client, &base, &token, "nobody").await;
+        let missing = lookup(&api, "nobody").await;
         assert_eq!(missing.status(), 404);
         assert_eq!(
             json_of(missing).await,
@@ -910,10 +751,7 @@ mod tests {
 
     #[tokio::test]
     async fn invalid_payloads_are_refused_with_invalid_body() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
+        let (sim, api) = start(PROVIDER).await;
 
         let long_name = "a".repeat(51);
         let many_metadata: Map<String, Value> = (0..11).map(|i| (format!("k{i}"), json!("v"))).collect();
@@ -933,7 +771,7 @@ mod tests {
             (json!(["name"]), "Expected type object but found type array"),
         ];
         for (payload, needle) in cases {
-            let response = create(&client, &base, &token, payload.clone()).await;
+            let response = api.create(payload.clone()).await;
             assert_eq!(response.status(), 400, "payload {payload}");
             let body = json_of(response).await;
             assert_eq!(body["errorCode"], "invalid_body", "payload {payload}");
@@ -944,15 +782,14 @@ mod tests {
             );
         }
         assert_eq!(
-            json_of(create(&client, &base, &token, json!({"name": "Acme"})).await).await["message"],
+            json_of(api.create(json!({"name": "Acme"})).await).await["message"],
             format!(
                 "Payload validation error: 'String does not match pattern {NAME_PATTERN}: Acme' on property name (The name of this organization)."
             )
         );
 
-        let not_json = client
-            .post(format!("{base}/api/v2/organizations"))
-            .bearer_auth(&token)
+        let not_json = api
+            .request(reqwest::Method::POST, "/api/v2/organizations")
             .header(CONTENT_TYPE, "application/json")
             .body("{not json")
             .send()
@@ -965,19 +802,11 @@ mod tests {
 
     #[tokio::test]
     async fn seed_sample_with_arrays_is_refused() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
+        let (sim, api) = start(PROVIDER).await;
 
         // The vendor page's cURL sample wraps branding in an array; the real API refuses it.
-        let response = create(
-            &client,
-            &base,
-            &token,
-            json!({"name": "org-name", "branding": [{"logo_url": "https://x.example/l.png"}]}),
-        )
-        .await;
+        let response =
+            api.create(json!({"name": "org-name", "branding": [{"logo_url": "https://x.example/l.png"}]})).await;
         assert_eq!(response.status(), 400);
         let body = json_of(response).await;
         assert_eq!(body["statusCode"], 400);
@@ -987,185 +816,21 @@ mod tests {
             |m| m.contains("Expected type object but found type array") && m.contains("on property branding")
         ));
 
-        let metadata = create(&client, &base, &token, json!({"name": "org-name", "metadata": [{"k": "v"}]})).await;
+        let metadata = api.create(json!({"name": "org-name", "metadata": [{"k": "v"}]})).await;
         assert_eq!(metadata.status(), 400);
         sim.shutdown().await;
     }
 
     #[tokio::test]
-    async fn idempotency_key_is_ignored() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-
-        let send = |name: &'static str| {
-            client
-                .post(format!("{base}/api/v2/organizations"))
-                .bearer_auth(&token)
-                .header("Idempotency-Key", "same-key")
-                .json(&json!({ "name": name }))
-                .send()
-        };
-        assert_eq!(send("first").await.expect("create").status(), 201);
-        assert_eq!(send("second").await.expect("create").status(), 201);
-        assert_eq!(sim.organizations("auth0").len(), 2);
-        assert_eq!(send("second").await.expect("create").status(), 409);
-
-        let keys: Vec<Option<String>> = sim
-            .requests()
-            .into_iter()
-            .filter(|r| r.method == "POST" && r.path.ends_with("/organizations"))
-            .map(|r| r.idempotency_key)
-            .collect();
-        assert_eq!(keys, vec![Some("same-key".to_owned()); 3]);
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn lost_response_stores_and_answers_504() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-
-        sim.push_script("auth0", vec![ScriptedFault::LostResponse]);
-        let response = create(&client, &base, &token, json!({"name": "lost-one"})).await;
-        assert_eq!(response.status(), 504);
-        assert_eq!(
-            json_of(response).await,
-            json!({"statusCode": 504, "error": "Gateway Timeout", "message": "Request timed out"})
-        );
-        assert_eq!(sim.organizations("auth0").len(), 1);
-        assert_eq!(lookup(&client, &base, &token, "lost-one").await.status(), 200);
-        // The script is consumed: the retry sees the real state of the tenant.
-        let retry = create(&client, &base, &token, json!({"name": "lost-one"})).await;
-        assert_eq!(retry.status(), 409);
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn drop_connection_gives_a_connection_error_and_stores() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-
-        sim.push_script("auth0", vec![ScriptedFault::DropConnection]);
-        let started = Instant::now();
-        let result = client
-            .post(format!("{base}/api/v2/organizations"))
-            .bearer_auth(&token)
-            .json(&json!({"name": "dropped"}))
-            .send()
-            .await;
-        let error = result.expect_err("no HTTP response expected");
-        assert!(!error.is_timeout(), "must fail fast, not time out: {error}");
-        assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(sim.organizations("auth0").len(), 1);
-        let recorded = sim
-            .requests()
-            .into_iter()
-            .find(|r| r.method == "POST" && r.path == "/auth0/api/v2/organizations")
-            .expect("recorded");
-        assert_eq!(recorded.status, 0);
-
-        // The server is unharmed: the next request on a new connection works.
-        assert_eq!(lookup(&client, &base, &token, "dropped").await.status(), 200);
-
-        // On the wire: the connection ends without a single response byte.
-        sim.push_script("auth0", vec![ScriptedFault::DropConnection]);
-        let body = r#"{"name":"dropped-raw"}"#;
-        let request = format!(
-            "POST /auth0/api/v2/organizations HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let received = raw_exchange(sim.addr(), request).await;
-        assert!(received.is_empty(), "got {:?}", String::from_utf8_lossy(&received));
-        assert_eq!(sim.organizations("auth0").len(), 2);
-        sim.shutdown().await;
-    }
-
-    /// Sends raw bytes and reads until the server closes (or 5 s pass), for assertions about
-    /// exactly what went over the wire. Blocking std I/O on a blocking thread keeps the test
-    /// independent of tokio's optional io-util feature.
-    async fn raw_exchange(addr: SocketAddr, request: String) -> Vec<u8> {
-        tokio::task::spawn_blocking(move || {
-            use std::io::{Read, Write};
-            let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-            stream.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
-            stream.write_all(request.as_bytes()).expect("send request");
-            let mut received = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                match stream.read(&mut chunk) {
-                    Ok(0) => break,
-                    Ok(n) => received.extend_from_slice(&chunk[..n]),
-                    // A reset is as good as a close here: both end the exchange.
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-                    Err(e) => panic!("reading raw response: {e}"),
-                }
-            }
-            received
-        })
-        .await
-        .expect("raw exchange task")
-    }
-
-    #[tokio::test]
-    async fn api_responses_carry_one_date_header() {
-        let sim = start().await;
-        let token = fetch_token(&client(), &sim.base_url("auth0")).await;
-        let request = format!(
-            "GET /auth0/api/v2/organizations/name/none HTTP/1.1\r\nHost: sim\r\n\
-             Authorization: Bearer {token}\r\nConnection: close\r\n\r\n"
-        );
-        let received = String::from_utf8(raw_exchange(sim.addr(), request).await).expect("utf-8");
-        assert!(received.starts_with("HTTP/1.1 404"), "{received}");
-        let dates = received.lines().filter(|l| l.to_ascii_lowercase().starts_with("date:")).count();
-        assert_eq!(dates, 1, "{received}");
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn late_commit_answers_503_then_appears() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-
-        sim.push_script("auth0", vec![ScriptedFault::LateCommit { delay_ms: 300 }]);
-        let response = create(&client, &base, &token, json!({"name": "late"})).await;
-        assert_eq!(response.status(), 503);
-        assert_eq!(
-            json_of(response).await,
-            json!({"statusCode": 503, "error": "Service Unavailable", "message": "The service is temporarily unavailable"})
-        );
-        assert_eq!(lookup(&client, &base, &token, "late").await.status(), 404);
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_eq!(lookup(&client, &base, &token, "late").await.status(), 200);
-        assert_eq!(sim.organizations("auth0").len(), 1);
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
     async fn rate_limit_refuses_the_call_over_the_burst() {
-        let config = SimulatorConfig {
-            faults: Faults { rate_limit: Some(RateLimit { per_second: 2.0, burst: 2 }), ..Faults::default() },
-            ..SimulatorConfig::default()
-        };
-        let sim = start_with(PROVIDER, config).await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
+        let (sim, api) = start_signed_in(PROVIDER, rate_limited(2.0, 2)).await;
 
-        let first = create(&client, &base, &token, json!({"name": "r1"})).await;
+        let first = api.create(json!({"name": "r1"})).await;
         assert_eq!(first.status(), 201);
         assert_eq!(first.headers()["x-ratelimit-limit"], "2");
         assert_eq!(first.headers()["x-ratelimit-remaining"], "1");
-        assert_eq!(lookup(&client, &base, &token, "r1").await.status(), 200);
-        let third = create(&client, &base, &token, json!({"name": "r3"})).await;
+        assert_eq!(lookup(&api, "r1").await.status(), 200);
+        let third = api.create(json!({"name": "r3"})).await;
         assert_eq!(third.status(), 429);
         let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after epoch").as_secs();
         let header = |name: &str| -> u64 { third.headers()[name].to_str().expect("ascii").parse().expect("number") };
@@ -1181,73 +846,25 @@ mod tests {
         assert_eq!(sim.organizations("auth0").len(), 1);
 
         // Token calls are not charged to the management bucket.
-        let _ = fetch_token(&client, &base).await;
+        let _ = Api::sign_in(&sim, PROVIDER).await;
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        assert_eq!(create(&client, &base, &token, json!({"name": "r4"})).await.status(), 201);
-        sim.shutdown().await;
-    }
+        assert_eq!(api.create(json!({"name": "r4"})).await.status(), 201);
 
-    #[tokio::test]
-    async fn scripted_rate_limit_and_status_faults() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-
-        sim.push_script(
-            "auth0",
-            vec![ScriptedFault::RateLimited { retry_after_secs: Some(7) }, ScriptedFault::Status { status: 500 }],
-        );
-        let limited = create(&client, &base, &token, json!({"name": "s1"})).await;
-        assert_eq!(limited.status(), 429);
+        // A scripted 429 reports the bucket empty, whatever its real state.
+        sim.push_script(PROVIDER, vec![ScriptedFault::RateLimited { retry_after_secs: Some(7) }]);
+        let limited = api.create(json!({"name": "r5"})).await;
         assert_eq!(limited.headers()[RETRY_AFTER], "7");
         assert_eq!(limited.headers()["x-ratelimit-remaining"], "0");
-        let failed = create(&client, &base, &token, json!({"name": "s1"})).await;
-        assert_eq!(failed.status(), 500);
-        assert_eq!(json_of(failed).await["statusCode"], 500);
-        assert!(sim.organizations("auth0").is_empty());
-        assert_eq!(create(&client, &base, &token, json!({"name": "s1"})).await.status(), 201);
-
-        sim.set_faults(Faults { error_rate: 1.0, ..Faults::default() });
-        assert_eq!(create(&client, &base, &token, json!({"name": "s2"})).await.status(), 503);
-        assert_eq!(sim.organizations("auth0").len(), 1);
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn hang_outlives_the_client_timeout_and_still_commits() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-
-        sim.push_script("auth0", vec![ScriptedFault::Hang { ms: 400 }]);
-        let result = client
-            .post(format!("{base}/api/v2/organizations"))
-            .bearer_auth(&token)
-            .timeout(Duration::from_millis(100))
-            .json(&json!({"name": "slow"}))
-            .send()
-            .await;
-        assert!(result.expect_err("client times out").is_timeout());
-        assert!(sim.organizations("auth0").is_empty());
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        assert_eq!(sim.organizations("auth0").len(), 1);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn revoked_expired_and_missing_tokens_get_401() {
-        let sim =
-            start_with(PROVIDER, SimulatorConfig { token_ttl: Duration::from_secs(1), ..SimulatorConfig::default() })
-                .await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        assert_eq!(lookup(&client, &base, &token, "x").await.status(), 404);
+        let (sim, api) = start_signed_in(PROVIDER, token_ttl(Duration::from_secs(1))).await;
+        assert_eq!(lookup(&api, "x").await.status(), 404);
 
         sim.revoke_tokens();
-        let revoked = create(&client, &base, &token, json!({"name": "x"})).await;
+        let revoked = api.create(json!({"name": "x"})).await;
         assert_eq!(revoked.status(), 401);
         assert!(revoked.headers().contains_key("x-ratelimit-limit"));
         let message = "Expired token received for JSON Web Token validation";
@@ -1257,18 +874,18 @@ mod tests {
         );
         assert!(sim.organizations("auth0").is_empty());
 
-        let fresh = fetch_token(&client, &base).await;
-        assert_eq!(create(&client, &base, &token, json!({"name": "x"})).await.status(), 401);
-        assert_eq!(create(&client, &base, &fresh, json!({"name": "x"})).await.status(), 201);
+        let fresh = Api::sign_in(&sim, PROVIDER).await;
+        assert_eq!(api.create(json!({"name": "x"})).await.status(), 401);
+        assert_eq!(fresh.create(json!({"name": "x"})).await.status(), 201);
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let expired = lookup(&client, &base, &fresh, "x").await;
+        let expired = lookup(&fresh, "x").await;
         assert_eq!(expired.status(), 401);
         assert_eq!(json_of(expired).await["message"], message);
 
-        let invalid = lookup(&client, &base, "not-a-token", "x").await;
+        let lookup_x = api.http.get(format!("{}/api/v2/organizations/name/x", api.base));
+        let invalid = lookup_x.try_clone().expect("clone").bearer_auth("not-a-token").send().await.expect("lookup");
         assert_eq!(json_of(invalid).await["message"], "Invalid token");
-        let missing = client.get(format!("{base}/api/v2/organizations/name/x")).send().await.expect("lookup");
-        assert_eq!(missing.status(), 401);
+        assert_eq!(lookup_x.send().await.expect("lookup").status(), 401, "no token at all");
 
         let recorded: Vec<(u16, bool)> =
             sim.requests().iter().filter(|r| r.path.contains("/api/v2/")).map(|r| (r.status, r.authorized)).collect();
@@ -1279,15 +896,12 @@ mod tests {
 
     #[tokio::test]
     async fn seeded_organization_conflicts() {
-        let sim = start().await;
-        let base = sim.base_url("auth0");
-        let client = client();
-        let token = fetch_token(&client, &base).await;
+        let (sim, api) = start(PROVIDER).await;
 
         sim.insert_organization("auth0", json!({"name": "taken", "display_name": "Someone Else"}));
-        let response = create(&client, &base, &token, json!({"name": "taken"})).await;
+        let response = api.create(json!({"name": "taken"})).await;
         assert_eq!(response.status(), 409);
-        let found = json_of(lookup(&client, &base, &token, "taken").await).await;
+        let found = json_of(lookup(&api, "taken").await).await;
         assert_eq!(found["display_name"], "Someone Else");
         assert!(found["id"].as_str().is_some_and(|id| id.starts_with("org_")));
         sim.shutdown().await;

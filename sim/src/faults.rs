@@ -1,7 +1,8 @@
 //! Fault settings for the provider simulator: the random failure knobs (`Faults`), the
 //! deterministic per-call script (`ScriptedFault`), and the tenant token bucket that backs the
-//! simulated rate limit. Everything here is provider-neutral; each provider module decides how a
-//! fault looks on its wire (status, body, headers).
+//! simulated rate limit. Everything here is provider-neutral: `provider::create_with_faults`
+//! applies a fault to a create, and each provider's `SimulatedProvider` says how it looks on its
+//! wire (status, body, headers).
 
 use std::time::{Duration, Instant};
 

@@ -20,22 +20,27 @@
 //!
 //! One simulator serves one tenant: any tenant name in the path is accepted and they all
 //! share the organizations (tests need not care which tenant id a target names).
+//!
+//! This module is SecureAuth's [`SimulatedProvider`]: its wire specifics only. Admission and the
+//! faults of a create are shared (`crate::provider`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, DATE, ETAG, HOST, PRAGMA, RETRY_AFTER};
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, HOST, PRAGMA, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use base64::Engine as _;
+use axum::routing::{MethodRouter, post};
 use serde_json::{Map, Value, json};
 
-use super::{Authorized, DropConnection, ScriptedFault, SimState, TokenStatus, http_date_now};
+use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
+use crate::state::{SimState, TokenStatus, has_text};
+use crate::wire::{
+    NoBearer, authorized, bearer_token, client_credentials_grant, client_secret_basic, decode_form_pair, form_pairs,
+};
 
 /// Path prefix and state key of this provider.
 const PROVIDER: &str = "secureauth";
@@ -46,28 +51,74 @@ const GRANTED_SCOPE: &str = "manage_organizations";
 /// `CreateOrganizationRequest.authentication_mechanisms` values (PROVIDERS.md §1).
 const MECHANISMS: &[&str] = &["totp", "password", "otp", "email_otp", "sms_otp", "webauthn"];
 
-/// The SecureAuth routes, to be mounted under `/secureauth`.
-pub(crate) fn routes(state: Arc<SimState>) -> Router {
-    Router::new()
-        .route("/{tenant}/system/oauth2/token", post(issue_token))
-        .route("/api/system/{tenant}/organizations", post(create_organization))
-        .route("/api/system/{tenant}/organizations/{id}", get(get_organization))
-        .fallback(api_not_found)
-        .with_state(state)
-}
+/// A simulated SecureAuth Connect tenant.
+#[derive(Default)]
+pub(crate) struct SecureAuth;
 
-/// Completes a seeded organization the way SecureAuth stores one: a random id when it has
-/// none, and the documented defaults of the `Org` response.
-pub(crate) fn normalize_seed(org: Value) -> Value {
-    match org {
-        Value::Object(fields) => {
-            let mut stored = defaults(fields.get("id").and_then(Value::as_str).map_or_else(new_org_id, str::to_owned));
-            for (k, v) in fields {
-                stored.insert(k, v);
-            }
-            Value::Object(stored)
+impl SimulatedProvider for SecureAuth {
+    const NAME: &'static str = PROVIDER;
+    type Draft = NewOrg;
+    type Charge = bool;
+
+    fn routes(create: MethodRouter<Arc<Served<Self>>>) -> Router<Arc<Served<Self>>> {
+        Router::new()
+            .route("/{tenant}/system/oauth2/token", post(issue_token))
+            .route("/api/system/{tenant}/organizations", create)
+            .route("/api/system/{tenant}/organizations/{id}", lookup(get_organization))
+            .fallback(api_not_found)
+    }
+
+    /// A random id and the documented defaults of the `Org` response.
+    fn seed_defaults() -> Map<String, Value> {
+        defaults(new_org_id())
+    }
+
+    fn authenticate(&self, sim: &SimState, headers: &HeaderMap) -> Result<(), Response> {
+        let message = match bearer_token(headers).map(|token| sim.check_token(PROVIDER, token)) {
+            Ok(TokenStatus::Valid) => return Ok(()),
+            Ok(TokenStatus::Expired) => "access token expired",
+            Ok(TokenStatus::Unknown) => "invalid access token",
+            Err(NoBearer::Missing) => "missing access token",
+            Err(NoBearer::Unreadable | NoBearer::OtherScheme) => "malformed authorization header",
+        };
+        Err(api_error(StatusCode::UNAUTHORIZED, message, "unauthorized", Value::Null).into_response())
+    }
+
+    /// System API calls (not token calls) are charged to the tenant's token bucket.
+    fn charge(&self, sim: &SimState) -> bool {
+        sim.take_rate_limit(PROVIDER).allowed
+    }
+
+    /// A scripted 429 without a delay still names one second.
+    fn too_many_requests(&self) -> Response {
+        too_many_requests(1).into_response()
+    }
+
+    /// Over the bucket, `Retry-After` names when it holds a request again.
+    fn over_limit(&self, sim: &SimState) -> Response {
+        too_many_requests(retry_after_secs(sim)).into_response()
+    }
+
+    fn validate(&self, call: &CreateCall) -> Result<NewOrg, Response> {
+        let issuer = issuer_base(&call.headers, call.param("tenant"));
+        validate(&call.body, issuer).map_err(IntoResponse::into_response)
+    }
+
+    fn store(&self, sim: &SimState, new: NewOrg) -> Result<Value, Response> {
+        store(sim, new).map_err(IntoResponse::into_response)
+    }
+
+    fn created(&self, org: Value) -> Response {
+        let etag = format!("W/\"{}\"", uuid::Uuid::new_v4().simple());
+        let mut response = (StatusCode::CREATED, Json(org)).into_response();
+        if let Ok(v) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(ETAG, v);
         }
-        other => other,
+        response
+    }
+
+    fn error_for_status(&self, status: u16) -> Response {
+        error_for_status(status).into_response()
     }
 }
 
@@ -103,37 +154,16 @@ fn defaults(id: String) -> Map<String, Value> {
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
     let body = json!({ "error": error, "error_description": description, "status_code": status.as_u16() });
-    let mut response = (status, Json(body)).into_response();
-    response.extensions_mut().insert(Authorized(false));
-    response
+    authorized((status, Json(body)).into_response(), false)
 }
 
-/// Parses `application/x-www-form-urlencoded` pairs.
+/// Parses `application/x-www-form-urlencoded` pairs; `None` if any does not decode.
 fn form_params(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let text = std::str::from_utf8(body).ok()?;
-    let decode = |s: &str| urlencoding::decode(&s.replace('+', " ")).ok().map(|c| c.into_owned());
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((decode(k)?, decode(v)?))
-        })
-        .collect()
+    form_pairs(std::str::from_utf8(body).ok()?).map(decode_form_pair).collect()
 }
 
-/// `client_secret_basic` credentials, the alternative to sending them in the form.
-fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, encoded) = value.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
-    let (id, secret) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
-    Some((urlencoding::decode(id).ok()?.into_owned(), urlencoding::decode(secret).ok()?.into_owned()))
-}
-
-async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn issue_token(State(served): State<Arc<Served<SecureAuth>>>, headers: HeaderMap, body: Bytes) -> Response {
+    let state = &served.sim;
     let is_form = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -146,20 +176,16 @@ async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
         );
     };
     let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    match param("grant_type").as_deref() {
-        Some("client_credentials") => {}
-        Some(other) => {
-            return oauth_error(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
-                &format!("The authorization grant type {other} is not supported"),
-            );
-        }
-        None => return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "grant_type is required"),
+    let unsupported = |other: &str| format!("The authorization grant type {other} is not supported");
+    if let Err((error, description)) =
+        client_credentials_grant(param("grant_type").as_deref(), unsupported, "grant_type is required")
+    {
+        return oauth_error(StatusCode::BAD_REQUEST, error, &description);
     }
     let (client_id, client_secret) = match (param("client_id"), param("client_secret")) {
         (Some(id), Some(secret)) => (id, secret),
-        _ => basic_credentials(&headers).unwrap_or_default(),
+        // `client_secret_basic`, the alternative to sending them in the form.
+        _ => client_secret_basic(&headers).unwrap_or_default(),
     };
     if client_id != state.client_id || client_secret != state.client_secret {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "Client authentication failed");
@@ -186,8 +212,7 @@ async fn issue_token(State(state): State<Arc<SimState>>, headers: HeaderMap, bod
     let headers = response.headers_mut();
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
-    response.extensions_mut().insert(Authorized(true));
-    response
+    authorized(response, true)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -266,7 +291,7 @@ fn gateway_timeout() -> ApiError {
     api_error(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", "gateway_timeout", Value::Null)
 }
 
-/// The body SecureAuth would send with `status` for a scripted `Status` fault.
+/// The body SecureAuth would send with `status`.
 fn error_for_status(status: u16) -> ApiError {
     let Ok(status) = StatusCode::from_u16(status) else {
         return api_error(StatusCode::INTERNAL_SERVER_ERROR, "internal server error", "internal_error", Value::Null);
@@ -280,19 +305,10 @@ fn error_for_status(status: u16) -> ApiError {
         404 => not_found("organization template"),
         409 => api_error(status, "organization already exists", "conflict", Value::Null),
         422 => unprocessable("name", "cannot be blank"),
-        429 => too_many_requests(1),
         503 => service_unavailable(),
         504 => gateway_timeout(),
         _ => api_error(status, status.canonical_reason().unwrap_or("error"), "internal_error", Value::Null),
     }
-}
-
-fn finish(mut response: Response, authorized: bool) -> Response {
-    if let Ok(date) = HeaderValue::from_str(&http_date_now()) {
-        response.headers_mut().insert(DATE, date);
-    }
-    response.extensions_mut().insert(Authorized(authorized));
-    response
 }
 
 async fn api_not_found() -> Response {
@@ -300,22 +316,8 @@ async fn api_not_found() -> Response {
 }
 
 // ---------------------------------------------------------------------------------------------
-// System API: admission (rate limit, latency, token)
+// System API: rate limit
 // ---------------------------------------------------------------------------------------------
-
-fn bearer_check(state: &SimState, headers: &HeaderMap) -> Result<(), &'static str> {
-    let value = headers.get(AUTHORIZATION).ok_or("missing access token")?;
-    let value = value.to_str().map_err(|_| "malformed authorization header")?;
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err("malformed authorization header"),
-    };
-    match state.check_token(PROVIDER, token) {
-        TokenStatus::Valid => Ok(()),
-        TokenStatus::Expired => Err("access token expired"),
-        TokenStatus::Unknown => Err("invalid access token"),
-    }
-}
 
 /// Seconds until the tenant bucket holds one request again: one refill period, at least 1.
 fn retry_after_secs(state: &SimState) -> u64 {
@@ -323,69 +325,9 @@ fn retry_after_secs(state: &SimState) -> u64 {
     if rate.is_finite() && rate > 0.0 { (1.0 / rate).ceil().max(1.0) as u64 } else { 1 }
 }
 
-/// Every System API call passes here: charged to the tenant bucket (refused calls included),
-/// delayed by the configured latency, and authenticated. `Err` is the finished refusal.
-async fn admit(state: &SimState, headers: &HeaderMap) -> Result<(), Response> {
-    let auth = bearer_check(state, headers);
-    if !state.take_rate_limit(PROVIDER).allowed {
-        return Err(finish(too_many_requests(retry_after_secs(state)).into_response(), auth.is_ok()));
-    }
-    let latency = state.faults().latency();
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
-    auth.map_err(|message| {
-        finish(api_error(StatusCode::UNAUTHORIZED, message, "unauthorized", Value::Null).into_response(), false)
-    })
-}
-
 // ---------------------------------------------------------------------------------------------
 // System API: organizations
 // ---------------------------------------------------------------------------------------------
-
-async fn create_organization(
-    State(state): State<Arc<SimState>>,
-    Path(tenant): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Err(refusal) = admit(&state, &headers).await {
-        return refusal;
-    }
-    let issuer = issuer_base(&headers, &tenant);
-    // Drawn only for admitted calls, so 401s and 429s do not eat a script.
-    let response = match state.next_create_fault(PROVIDER) {
-        None => commit(&state, &issuer, &body),
-        Some(ScriptedFault::Hang { ms }) => {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            commit(&state, &issuer, &body)
-        }
-        Some(ScriptedFault::Status { status }) => error_for_status(status).into_response(),
-        Some(ScriptedFault::RateLimited { retry_after_secs }) => {
-            too_many_requests(retry_after_secs.unwrap_or(1)).into_response()
-        }
-        Some(ScriptedFault::LostResponse) => {
-            let _ = commit(&state, &issuer, &body);
-            gateway_timeout().into_response()
-        }
-        Some(ScriptedFault::DropConnection) => {
-            let _ = commit(&state, &issuer, &body);
-            let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            response.extensions_mut().insert(DropConnection);
-            response
-        }
-        Some(ScriptedFault::LateCommit { delay_ms }) => {
-            if let Ok(org) = validate(&body) {
-                let late_state = state.clone();
-                state.spawn_delayed(Duration::from_millis(delay_ms), move || {
-                    let _ = store(&late_state, &issuer, org);
-                });
-            }
-            service_unavailable().into_response()
-        }
-    };
-    finish(response, true)
-}
 
 /// `{scheme}://{host}/secureauth/{tenant}`, the prefix of an organization's `issuer_url`.
 fn issuer_base(headers: &HeaderMap, tenant: &str) -> String {
@@ -393,29 +335,17 @@ fn issuer_base(headers: &HeaderMap, tenant: &str) -> String {
     format!("http://{host}/{PROVIDER}/{tenant}")
 }
 
-fn commit(state: &SimState, issuer: &str, body: &[u8]) -> Response {
-    match validate(body).and_then(|org| store(state, issuer, org)) {
-        Ok(stored) => {
-            let etag = format!("W/\"{}\"", uuid::Uuid::new_v4().simple());
-            let mut response = (StatusCode::CREATED, Json(stored)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&etag) {
-                response.headers_mut().insert(ETAG, v);
-            }
-            response
-        }
-        Err(refusal) => refusal.into_response(),
-    }
-}
-
 /// The fields of a valid `CreateOrganizationRequest`, before the tenant's checks.
-struct NewOrg {
+pub(crate) struct NewOrg {
     id: Option<String>,
     fields: Map<String, Value>,
     template_id: Option<String>,
+    /// The prefix of the organization's `issuer_url`, from the call that created it.
+    issuer: String,
 }
 
 /// Decodes and validates a create payload (400 for what does not decode, 422 for semantics).
-fn validate(body: &[u8]) -> Result<NewOrg, ApiError> {
+fn validate(body: &[u8], issuer: String) -> Result<NewOrg, ApiError> {
     let Ok(Value::Object(payload)) = serde_json::from_slice::<Value>(body) else {
         return Err(bad_request("failed to decode request body: expected a JSON object"));
     };
@@ -519,7 +449,7 @@ fn validate(body: &[u8]) -> Result<NewOrg, ApiError> {
         fields.insert("authentication_mechanisms".into(), json!(m));
     }
     fields.insert("template".into(), json!(template));
-    Ok(NewOrg { id, fields, template_id: string("template_id")? })
+    Ok(NewOrg { id, fields, template_id: string("template_id")?, issuer })
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -544,7 +474,7 @@ fn is_hex_color(s: &str) -> bool {
 
 /// The tenant's checks and the write, atomically: parent and template must exist, id and name
 /// must be free. Returns the stored organization.
-fn store(state: &SimState, issuer: &str, new: NewOrg) -> Result<Value, ApiError> {
+fn store(state: &SimState, new: NewOrg) -> Result<Value, ApiError> {
     state
         .with_provider(PROVIDER, |p| {
             let find = |id: &str| p.orgs.iter().position(|o| o.get("id").and_then(Value::as_str) == Some(id));
@@ -577,7 +507,7 @@ fn store(state: &SimState, issuer: &str, new: NewOrg) -> Result<Value, ApiError>
 
             let id = new.id.clone().unwrap_or_else(new_org_id);
             let mut org = defaults(id.clone());
-            org.insert("issuer_url".into(), json!(format!("{issuer}/{id}")));
+            org.insert("issuer_url".into(), json!(format!("{}/{id}", new.issuer)));
             for (k, v) in new.fields {
                 org.insert(k, v);
             }
@@ -604,79 +534,28 @@ fn store(state: &SimState, issuer: &str, new: NewOrg) -> Result<Value, ApiError>
         .unwrap_or_else(|| Err(not_found("tenant")))
 }
 
-async fn get_organization(
-    State(state): State<Arc<SimState>>,
-    Path((_tenant, id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(refusal) = admit(&state, &headers).await {
-        return refusal;
-    }
-    let found = state
-        .with_provider(PROVIDER, |p| p.orgs.iter().find(|o| o.get("id").and_then(Value::as_str) == Some(&id)).cloned())
-        .flatten();
-    let response = match found {
+fn get_organization(sim: &SimState, id: &str) -> Response {
+    match sim.find_organization(PROVIDER, |org| has_text(org, "id", id)) {
         Some(org) => (StatusCode::OK, Json(org)).into_response(),
         None => not_found("organization").into_response(),
-    };
-    finish(response, true)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{client, json_of, start_with};
+    use std::time::{Duration, Instant};
 
-    use std::time::Instant;
-
-    use super::super::{Faults, RateLimit, Simulator, SimulatorConfig};
     use super::*;
+    use crate::testing::{
+        Api, SECUREAUTH_TENANT as TENANT, client, json_of, rate_limited, start, start_signed_in, start_with, token_ttl,
+    };
+    use crate::{Simulator, SimulatorConfig};
 
     const SEED_REQUEST: &str = include_str!("../../tests/fixtures/secureauth/create_request.json");
     const SEED_RESPONSE: &str = include_str!("../../tests/fixtures/secureauth/create_response.json");
-    const TENANT: &str = "acme";
 
-    async fn start() -> Simulator {
-        start_with(PROVIDER, SimulatorConfig::default()).await
-    }
-
-    async fn token_response(client: &reqwest::Client, base: &str, form: &[(&str, &str)]) -> reqwest::Response {
-        client.post(format!("{base}/{TENANT}/system/oauth2/token")).form(form).send().await.expect("token request")
-    }
-
-    async fn fetch_token(client: &reqwest::Client, base: &str) -> String {
-        let response = token_response(
-            client,
-            base,
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_id", "orgprov-sim"),
-                ("client_secret", "sim-secret"),
-                ("scope", "manage_organizations"),
-            ],
-        )
-        .await;
-        assert_eq!(response.status(), 200);
-        let body: Value = response.json().await.expect("token json");
-        body["access_token"].as_str().expect("access_token").to_owned()
-    }
-
-    async fn create(client: &reqwest::Client, base: &str, token: &str, body: Value) -> reqwest::Response {
-        client
-            .post(format!("{base}/api/system/{TENANT}/organizations"))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("create request")
-    }
-
-    async fn lookup(client: &reqwest::Client, base: &str, token: &str, id: &str) -> reqwest::Response {
-        client
-            .get(format!("{base}/api/system/{TENANT}/organizations/{id}"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("lookup request")
+    async fn lookup(api: &Api, id: &str) -> reqwest::Response {
+        api.get(&format!("/api/system/{TENANT}/organizations/{id}")).await
     }
 
     fn seed_template(sim: &Simulator) {
@@ -690,15 +569,18 @@ mod tests {
 
     #[tokio::test]
     async fn token_is_form_encoded_checks_credentials_and_scope_and_renders_expires_in_as_a_string() {
-        let sim = start().await;
+        let sim = start_with(PROVIDER, SimulatorConfig::default()).await;
         let base = sim.base_url(PROVIDER);
         let client = client();
-        let ok = token_response(
-            &client,
-            &base,
-            &[("grant_type", "client_credentials"), ("client_id", "orgprov-sim"), ("client_secret", "sim-secret")],
-        )
-        .await;
+        // A form with the client credentials, the given secret and maybe a scope.
+        let token = async |secret: &str, scope: Option<&str>| {
+            let mut form = vec![("grant_type", "client_credentials"), ("client_id", "orgprov-sim")];
+            form.push(("client_secret", secret));
+            form.extend(scope.map(|scope| ("scope", scope)));
+            let request = client.post(format!("{base}/{TENANT}/system/oauth2/token")).form(&form);
+            request.send().await.expect("token request")
+        };
+        let ok = token("sim-secret", None).await;
         assert_eq!(ok.status(), 200);
         assert_eq!(ok.headers()[CACHE_CONTROL], "no-store");
         let body = json_of(ok).await;
@@ -706,26 +588,10 @@ mod tests {
         assert_eq!(body["scope"], "manage_organizations");
         assert_eq!(body["token_type"], "Bearer");
 
-        let bad_secret = token_response(
-            &client,
-            &base,
-            &[("grant_type", "client_credentials"), ("client_id", "orgprov-sim"), ("client_secret", "nope")],
-        )
-        .await;
+        let bad_secret = token("nope", None).await;
         assert_eq!(bad_secret.status(), 401);
         assert_eq!(json_of(bad_secret).await["error"], "invalid_client");
-
-        let scope = token_response(
-            &client,
-            &base,
-            &[
-                ("grant_type", "client_credentials"),
-                ("client_id", "orgprov-sim"),
-                ("client_secret", "sim-secret"),
-                ("scope", "manage_configuration"),
-            ],
-        )
-        .await;
+        let scope = token("sim-secret", Some("manage_configuration")).await;
         assert_eq!(scope.status(), 400);
         assert_eq!(json_of(scope).await["error"], "invalid_scope");
 
@@ -745,24 +611,28 @@ mod tests {
             .await
             .expect("json");
         assert_eq!(json.status(), 400);
+        let other_grant = client
+            .post(format!("{base}/{TENANT}/system/oauth2/token"))
+            .form(&[("grant_type", "password")])
+            .send()
+            .await
+            .expect("grant");
+        assert_eq!(json_of(other_grant).await["error"], "unsupported_grant_type");
 
         let recorded: Vec<bool> = sim.requests().iter().map(|r| r.authorized).collect();
-        assert_eq!(recorded, vec![true, false, false, true, false]);
+        assert_eq!(recorded, vec![true, false, false, true, false, false]);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn the_seed_request_creates_the_documented_organization() {
-        let sim = start().await;
+        let (sim, api) = start(PROVIDER).await;
         seed_template(&sim);
         sim.insert_organization(PROVIDER, json!({"id": "parent-org-id", "name": "parent"}));
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
 
         let mut request: Value = serde_json::from_str(SEED_REQUEST).expect("fixture");
         request["parent_id"] = json!("parent-org-id");
-        let response = create(&client, &base, &token, request).await;
+        let response = api.create(request).await;
         assert_eq!(response.status(), 201);
         assert!(response.headers().contains_key(ETAG));
         let created = json_of(response).await;
@@ -782,27 +652,20 @@ mod tests {
         assert_eq!(created["authentication_mechanisms"], json!(["password", "totp"]));
         assert_eq!(created["metadata"]["schema"]["properties"]["salesforceId"]["type"], "string");
 
-        let fetched = json_of(lookup(&client, &base, &token, id).await).await;
+        let fetched = json_of(lookup(&api, id).await).await;
         assert_eq!(fetched, created);
-        let parent = json_of(lookup(&client, &base, &token, "parent-org-id").await).await;
+        let parent = json_of(lookup(&api, "parent-org-id").await).await;
         assert_eq!(parent["number_of_child_organizations"], 1);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn the_seed_recommended_example_loses_its_top_level_metadata() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        let response = create(
-            &client,
-            &base,
-            &token,
-            json!({"name": "acme-corp-001", "displayName": "ACME Corporation", "email": "contact@acme.com",
-                   "metadata": {"salesforceId": "001xx000003DGb2AAG"}}),
-        )
-        .await;
+        let (sim, api) = start(PROVIDER).await;
+        let response = api
+            .create(json!({"name": "acme-corp-001", "displayName": "ACME Corporation", "email": "contact@acme.com",
+                   "metadata": {"salesforceId": "001xx000003DGb2AAG"}}))
+            .await;
         assert_eq!(response.status(), 201);
         let created = json_of(response).await;
         assert_eq!(created["metadata"], json!({"payload": {}, "schema": {}}));
@@ -812,34 +675,28 @@ mod tests {
 
     #[tokio::test]
     async fn client_chosen_id_and_name_are_unique() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
+        let (sim, api) = start(PROVIDER).await;
 
-        let first = create(&client, &base, &token, json!({"id": "abc123", "name": "acme"})).await;
+        let first = api.create(json!({"id": "abc123", "name": "acme"})).await;
         assert_eq!(first.status(), 201);
         assert_eq!(json_of(first).await["id"], "abc123");
-        let same_id = create(&client, &base, &token, json!({"id": "abc123", "name": "other"})).await;
+        let same_id = api.create(json!({"id": "abc123", "name": "other"})).await;
         assert_eq!(same_id.status(), 409);
         let body = json_of(same_id).await;
         assert_eq!(body["status_code"], 409);
         assert_eq!(body["error_code"], "conflict");
         assert_eq!(body["details"], json!({"id": "abc123"}));
-        let same_name = create(&client, &base, &token, json!({"id": "def456", "name": "acme"})).await;
+        let same_name = api.create(json!({"id": "def456", "name": "acme"})).await;
         assert_eq!(same_name.status(), 409);
         assert_eq!(json_of(same_name).await["details"], json!({"name": "acme"}));
-        assert_eq!(lookup(&client, &base, &token, "def456").await.status(), 404);
+        assert_eq!(lookup(&api, "def456").await.status(), 404);
         assert_eq!(sim.organizations(PROVIDER).len(), 1);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn validation_errors_have_the_documented_shape() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
+        let (sim, api) = start(PROVIDER).await;
 
         let cases = [
             (json!({"description": "no name"}), 422, "name"),
@@ -853,105 +710,31 @@ mod tests {
             (json!({"name": "acme", "id": "a/b"}), 422, "id"),
         ];
         for (body, status, field) in cases {
-            let response = create(&client, &base, &token, body.clone()).await;
+            let response = api.create(body.clone()).await;
             assert_eq!(response.status(), status, "{body}");
             let error = json_of(response).await;
             assert_eq!(error["status_code"], status);
             assert_eq!(error["error_code"], "validation_error");
             assert!(error["details"].get(field).is_some(), "{error}");
         }
-        let wrong_type = create(&client, &base, &token, json!({"name": ["acme"]})).await;
+        let wrong_type = api.create(json!({"name": ["acme"]})).await;
         assert_eq!(wrong_type.status(), 400);
         assert_eq!(json_of(wrong_type).await["error_code"], "bad_request");
-        let unknown_template = create(&client, &base, &token, json!({"name": "acme", "template_id": "nope"})).await;
+        let unknown_template = api.create(json!({"name": "acme", "template_id": "nope"})).await;
         assert_eq!(unknown_template.status(), 404);
         assert_eq!(json_of(unknown_template).await["error"], "organization template not found");
-        let unknown_parent = create(&client, &base, &token, json!({"name": "acme", "parent_id": "nope"})).await;
+        let unknown_parent = api.create(json!({"name": "acme", "parent_id": "nope"})).await;
         assert_eq!(unknown_parent.status(), 404);
         assert!(sim.organizations(PROVIDER).is_empty());
         sim.shutdown().await;
     }
 
     #[tokio::test]
-    async fn idempotency_key_is_ignored() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        let send = |name: &'static str| {
-            client
-                .post(format!("{base}/api/system/{TENANT}/organizations"))
-                .bearer_auth(&token)
-                .header("Idempotency-Key", "same-key")
-                .json(&json!({ "name": name }))
-                .send()
-        };
-        assert_eq!(send("first").await.expect("create").status(), 201);
-        assert_eq!(send("second").await.expect("create").status(), 201);
-        assert_eq!(send("second").await.expect("create").status(), 409);
-        assert_eq!(sim.organizations(PROVIDER).len(), 2);
-        let keys: Vec<Option<String>> = sim
-            .requests()
-            .into_iter()
-            .filter(|r| r.method == "POST" && r.path.ends_with("/organizations"))
-            .map(|r| r.idempotency_key)
-            .collect();
-        assert_eq!(keys, vec![Some("same-key".to_owned()); 3]);
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn lost_response_stores_and_answers_504_then_the_id_conflicts() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        sim.push_script(PROVIDER, vec![ScriptedFault::LostResponse]);
-        let response = create(&client, &base, &token, json!({"id": "lost1", "name": "lost"})).await;
-        assert_eq!(response.status(), 504);
-        assert_eq!(json_of(response).await["status_code"], 504);
-        assert_eq!(lookup(&client, &base, &token, "lost1").await.status(), 200);
-        assert_eq!(create(&client, &base, &token, json!({"id": "lost1", "name": "lost"})).await.status(), 409);
-        assert_eq!(sim.organizations(PROVIDER).len(), 1);
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn dropped_connection_and_late_commit_still_store() {
-        let sim = start().await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        sim.push_script(PROVIDER, vec![ScriptedFault::DropConnection, ScriptedFault::LateCommit { delay_ms: 200 }]);
-        let dropped = client
-            .post(format!("{base}/api/system/{TENANT}/organizations"))
-            .bearer_auth(&token)
-            .json(&json!({"id": "d1", "name": "dropped"}))
-            .send()
-            .await;
-        assert!(dropped.is_err());
-        assert_eq!(lookup(&client, &base, &token, "d1").await.status(), 200);
-        let late = create(&client, &base, &token, json!({"id": "l1", "name": "late"})).await;
-        assert_eq!(late.status(), 503);
-        assert_eq!(lookup(&client, &base, &token, "l1").await.status(), 404);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(lookup(&client, &base, &token, "l1").await.status(), 200);
-        sim.shutdown().await;
-    }
-
-    #[tokio::test]
     async fn rate_limit_answers_429_with_retry_after_and_spares_token_calls() {
-        let config = SimulatorConfig {
-            faults: Faults { rate_limit: Some(RateLimit { per_second: 0.5, burst: 2 }), ..Faults::default() },
-            ..SimulatorConfig::default()
-        };
-        let sim = start_with(PROVIDER, config).await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        assert_eq!(create(&client, &base, &token, json!({"name": "r1"})).await.status(), 201);
-        assert_eq!(lookup(&client, &base, &token, "x").await.status(), 404);
-        let limited = create(&client, &base, &token, json!({"name": "r3"})).await;
+        let (sim, api) = start_signed_in(PROVIDER, rate_limited(0.5, 2)).await;
+        assert_eq!(api.create(json!({"name": "r1"})).await.status(), 201);
+        assert_eq!(lookup(&api, "x").await.status(), 404);
+        let limited = api.create(json!({"name": "r3"})).await;
         assert_eq!(limited.status(), 429);
         assert_eq!(limited.headers()[RETRY_AFTER], "2", "one request per 2 s refills");
         assert!(limited.headers().get("x-ratelimit-reset").is_none());
@@ -961,41 +744,29 @@ mod tests {
                    "details": null})
         );
         // Token calls belong to the OAuth group, not the System API bucket.
-        let _ = fetch_token(&client, &base).await;
+        let _ = Api::sign_in(&sim, PROVIDER).await;
         assert_eq!(sim.organizations(PROVIDER).len(), 1);
-
-        sim.set_faults(Faults::default());
-        sim.push_script(PROVIDER, vec![ScriptedFault::RateLimited { retry_after_secs: Some(7) }]);
-        let scripted = create(&client, &base, &token, json!({"name": "r4"})).await;
-        assert_eq!(scripted.status(), 429);
-        assert_eq!(scripted.headers()[RETRY_AFTER], "7");
-        assert_eq!(create(&client, &base, &token, json!({"name": "r4"})).await.status(), 201);
         sim.shutdown().await;
     }
 
     #[tokio::test]
     async fn expired_revoked_and_missing_tokens_get_401() {
-        let sim =
-            start_with(PROVIDER, SimulatorConfig { token_ttl: Duration::from_secs(1), ..SimulatorConfig::default() })
-                .await;
-        let base = sim.base_url(PROVIDER);
-        let client = client();
-        let token = fetch_token(&client, &base).await;
-        assert_eq!(lookup(&client, &base, &token, "x").await.status(), 404);
+        let (sim, api) = start_signed_in(PROVIDER, token_ttl(Duration::from_secs(1))).await;
+        assert_eq!(lookup(&api, "x").await.status(), 404);
         let started = Instant::now();
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let expired = lookup(&client, &base, &token, "x").await;
+        let expired = lookup(&api, "x").await;
         assert!(started.elapsed() >= Duration::from_secs(1));
         assert_eq!(expired.status(), 401);
         assert_eq!(json_of(expired).await["error"], "access token expired");
 
-        let fresh = fetch_token(&client, &base).await;
+        let fresh = Api::sign_in(&sim, PROVIDER).await;
         sim.revoke_tokens();
-        let revoked = create(&client, &base, &fresh, json!({"name": "x"})).await;
+        let revoked = fresh.create(json!({"name": "x"})).await;
         assert_eq!(revoked.status(), 401);
         assert_eq!(json_of(revoked).await["error_code"], "unauthorized");
-        let missing = client.get(format!("{base}/api/system/{TENANT}/organizations/x")).send().await.expect("get");
-        assert_eq!(missing.status(), 401);
+        let missing = api.http.get(format!("{}/api/system/{TENANT}/organizations/x", api.base)).send().await;
+        assert_eq!(missing.expect("get").status(), 401);
         assert!(sim.organizations(PROVIDER).is_empty());
         sim.shutdown().await;
     }

@@ -13,8 +13,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, Settings};
+use crate::config::ConfigError;
 use crate::contract::{self, OrganizationInput, RequestMessage};
+use crate::providers::Settings;
 use crate::simulator::{Faults, RateLimit, Simulator, SimulatorConfig};
 use crate::store::{EventNaming, Store};
 use crate::template::Templates;

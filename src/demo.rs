@@ -16,8 +16,9 @@ use futures::StreamExt;
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use crate::config::{RateLimitSettings, RetrySettings, Settings, TargetSettings};
+use crate::config::{RateLimitSettings, RetrySettings, TargetSettings};
 use crate::contract::{self, FAILED_TYPE, PROVISIONED_TYPE};
+use crate::providers::Settings;
 use crate::simulator::{Faults, RateLimit, Simulator, SimulatorConfig};
 use crate::template::Templates;
 use crate::worker::Worker;

@@ -25,13 +25,12 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::bus::{self, Consumer, Relay};
-use crate::config::{Settings, Target};
 use crate::contract::{
     self, ErrorCode, EventError, FailedData, OutcomeEvent, ProvisionedData, Rejection, RequestId, SourceMessage,
 };
 use crate::delivery::{Delivery, PgAdmission};
 use crate::fault::{CrashPoint, crash_at, crash_soon};
-use crate::providers::{self, CallError, Created, ErrorClass, Lookup, Provider};
+use crate::providers::{self, CallError, Created, ErrorClass, Lookup, Provider, Settings, Target};
 use crate::store::{AttemptRecord, Claim, ClaimResult, EarlyFailure, Outcome, Prepared, Store, StoreError};
 use crate::telemetry::METRICS;
 use crate::template::Templates;
@@ -698,7 +697,7 @@ impl Worker {
     ) -> Disposition {
         let now = OffsetDateTime::now_utc();
         let p = &claim.prepared;
-        let provider = rt.map(|r| r.target.kind.as_str().to_owned()).unwrap_or_else(|| p.provider.clone());
+        let provider = rt.map(|r| r.target.provider_name().to_owned()).unwrap_or_else(|| p.provider.clone());
         let event = match &outcome {
             Outcome::Succeeded { organization_id, created } => {
                 METRICS.provisioned.inc();
@@ -781,7 +780,7 @@ fn prepare(
             },
         });
     };
-    let provider = rt.target.kind.as_str();
+    let provider = rt.target.provider_name();
     let fail = |code, message: String| EarlyFailure {
         target: Some(m.target.clone()),
         provider: Some(provider.to_owned()),

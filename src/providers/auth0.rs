@@ -19,11 +19,12 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::token::{TokenCache, expires_in};
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
-use crate::config::{Target, TargetSettings};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetSettings};
+use crate::config::KeyError;
 use crate::contract::RequestId;
 use crate::delivery::{Delivery, Response};
 use crate::template::OrgSpec;
@@ -32,12 +33,22 @@ pub const TAG: &str = "orgprov_request_id";
 const MAX_METADATA_KEYS: usize = 10;
 const SETTINGS: &[&str] = &["enabled_connections"];
 
-/// Auth0 needs a client id; the token URL and audience default from the base URL.
-pub fn check(target: &TargetSettings) -> Result<(), (&'static str, String)> {
-    if target.client_id.as_deref().is_none_or(str::is_empty) {
-        return Err(("client_id", "Auth0 needs the machine-to-machine application's client id".into()));
+/// The keys of an Auth0 target besides those of every target.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Token endpoint; default `{base_url}/oauth/token`.
+    pub token_url: Option<String>,
+    /// Management API audience of the token; default `{base_url}/api/v2/`.
+    pub audience: Option<String>,
+}
+
+impl Settings {
+    /// Auth0 needs a client id; the token URL and audience default from the base URL.
+    pub fn validate(&self, target: &TargetSettings) -> Result<(), KeyError> {
+        target.require_client_id("Auth0 needs the machine-to-machine application's client id")?;
+        Ok(())
     }
-    Ok(())
 }
 
 pub struct Auth0 {
@@ -51,11 +62,11 @@ pub struct Auth0 {
 }
 
 impl Auth0 {
-    pub fn new(target: &Target, delivery: Arc<Delivery>) -> Auth0 {
+    pub fn new(target: &Target, settings: &Settings, delivery: Arc<Delivery>) -> Auth0 {
         Auth0 {
             base_url: target.base_url.clone(),
-            token_url: target.token_url.clone().unwrap_or_else(|| format!("{}/oauth/token", target.base_url)),
-            audience: target.audience.clone().unwrap_or_else(|| format!("{}/api/v2/", target.base_url)),
+            token_url: settings.token_url.clone().unwrap_or_else(|| format!("{}/oauth/token", target.base_url)),
+            audience: settings.audience.clone().unwrap_or_else(|| format!("{}/api/v2/", target.base_url)),
             client_id: target.client_id.clone(),
             client_secret: target.client_secret.clone(),
             delivery,
@@ -293,8 +304,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn auth0() -> Auth0 {
-        let target = Target::for_tests(ProviderKind::Auth0);
-        Auth0::new(&target, Delivery::unlimited(&target))
+        let target = Target::for_tests(Settings::default().into());
+        Auth0::new(&target, &Settings::default(), Delivery::unlimited(&target))
     }
 
     fn spec(name: &str) -> OrgSpec {

@@ -39,11 +39,12 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::token::TokenCache;
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
-use crate::config::{Target, TargetSettings};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetSettings};
+use crate::config::KeyError;
 use crate::contract::{ErrorCode, RequestId};
 use crate::delivery::{Delivery, Response};
 use crate::template::OrgSpec;
@@ -79,24 +80,40 @@ const COUNTRY_CODES: &str = "\
     SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI \
     VN VU WF WS YE YT ZA ZM ZW";
 
-/// BioT needs the service user's id; `ownership_attribute`, when set, must be a name a BioT
-/// template can define as a custom attribute.
-pub fn check(target: &TargetSettings) -> Result<(), (&'static str, String)> {
-    if target.client_id.as_deref().is_none_or(str::is_empty) {
-        return Err(("client_id", "BioT needs the service user's id (the `id` of its access-token login)".into()));
+/// The keys of a BioT target besides those of every target.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The string custom attribute of the BioT organization template that holds our
+    /// request_id; default `orgprov_request_id`.
+    pub ownership_attribute: String,
+    /// Service-user login endpoint; default `{base_url}/ums/v2/services/accessToken`.
+    pub token_url: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { ownership_attribute: DEFAULT_TAG.into(), token_url: None }
     }
-    if let Some(attribute) = &target.ownership_attribute
-        && !is_attribute_name(attribute)
-    {
-        return Err((
-            "ownership_attribute",
-            format!(
-                "{attribute:?} is not a BioT custom attribute name: a letter, then letters, digits or '_' \
-                 (the '_' prefix is reserved for built-in attributes)"
-            ),
-        ));
+}
+
+impl Settings {
+    /// BioT needs the service user's id; `ownership_attribute` must be a name a BioT template
+    /// can define as a custom attribute.
+    pub fn validate(&self, target: &TargetSettings) -> Result<(), KeyError> {
+        target.require_client_id("BioT needs the service user's id (the `id` of its access-token login)")?;
+        if !is_attribute_name(&self.ownership_attribute) {
+            return Err(KeyError::new(
+                "ownership_attribute",
+                format!(
+                    "{:?} is not a BioT custom attribute name: a letter, then letters, digits or '_' \
+                     (the '_' prefix is reserved for built-in attributes)",
+                    self.ownership_attribute
+                ),
+            ));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 pub struct Biot {
@@ -110,16 +127,16 @@ pub struct Biot {
 }
 
 impl Biot {
-    pub fn new(target: &Target, delivery: Arc<Delivery>) -> Biot {
+    pub fn new(target: &Target, settings: &Settings, delivery: Arc<Delivery>) -> Biot {
         Biot {
             base_url: target.base_url.clone(),
-            token_url: target
+            token_url: settings
                 .token_url
                 .clone()
                 .unwrap_or_else(|| format!("{}/ums/v2/services/accessToken", target.base_url)),
             client_id: target.client_id.clone(),
             client_secret: target.client_secret.clone(),
-            attribute: target.ownership_attribute.clone().unwrap_or_else(|| DEFAULT_TAG.to_owned()),
+            attribute: settings.ownership_attribute.clone(),
             delivery,
             tokens: TokenCache::default(),
         }
@@ -563,9 +580,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn biot(attribute: Option<&str>) -> Biot {
-        let target =
-            Target { ownership_attribute: attribute.map(str::to_owned), ..Target::for_tests(ProviderKind::Biot) };
-        Biot::new(&target, Delivery::unlimited(&target))
+        let mut settings = Settings::default();
+        if let Some(attribute) = attribute {
+            settings.ownership_attribute = attribute.into();
+        }
+        let target = Target::for_tests(settings.clone().into());
+        Biot::new(&target, &settings, Delivery::unlimited(&target))
     }
 
     fn admin() -> Admin {
@@ -688,9 +708,9 @@ mod tests {
         assert!(is_e164("+4712345678") && !is_e164("+0123") && !is_e164("12345"));
         assert!(is_zone_id("America/Argentina/Buenos_Aires") && is_zone_id("UTC") && !is_zone_id("Europe//Oslo"));
         assert!(is_attribute_name("orgprov_request_id") && !is_attribute_name("_id") && !is_attribute_name("a-b"));
-        assert!(check(&TargetSettings::new("biot", "http://x", "svc", "S")).is_ok());
-        let mut t = TargetSettings::new("biot", "http://x", "svc", "S");
-        t.ownership_attribute = Some("_owner".into());
-        assert_eq!(check(&t).unwrap_err().0, "ownership_attribute");
+        let target = TargetSettings::new("biot", "http://x", "svc", "S");
+        assert_eq!(Settings::default().validate(&target), Ok(()));
+        let owner = Settings { ownership_attribute: "_owner".into(), ..Settings::default() };
+        assert_eq!(owner.validate(&target).unwrap_err().key, "ownership_attribute");
     }
 }

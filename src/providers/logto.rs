@@ -31,11 +31,12 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::token::{TokenCache, expires_in};
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
-use crate::config::{Target, TargetSettings};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetSettings};
+use crate::config::KeyError;
 use crate::contract::RequestId;
 use crate::delivery::{Delivery, Response};
 use crate::template::OrgSpec;
@@ -55,19 +56,32 @@ const SETTINGS: &[&str] = &["is_mfa_required", "dark_logo_url", "favicon", "dark
 /// `expires_in` must not overflow the cache's clock arithmetic.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
 
-/// Logto needs the M2M app's id; its tag location is fixed, so `ownership_attribute` (a BioT
-/// key) would silently do nothing here and is refused.
-pub fn check(target: &TargetSettings) -> Result<(), (&'static str, String)> {
-    if target.client_id.as_deref().is_none_or(str::is_empty) {
-        return Err(("client_id", "Logto needs the machine-to-machine application's app id".into()));
+/// The keys of a Logto target besides those of every target. (The ownership tag's place is
+/// fixed, `customData.orgprov_request_id`: BioT's `ownership_attribute` is not a Logto key.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// API resource indicator of the token; default `{base_url}/api` (self-hosted Logto:
+    /// `https://default.logto.app/api`).
+    pub resource: Option<String>,
+    /// OAuth scope of the token; default `all`.
+    pub scope: String,
+    /// Token endpoint; default `{base_url}/oidc/token`.
+    pub token_url: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { resource: None, scope: "all".into(), token_url: None }
     }
-    if target.ownership_attribute.is_some() {
-        return Err((
-            "ownership_attribute",
-            format!("Logto keeps the ownership tag in customData.{TAG}; this key is only for BioT"),
-        ));
+}
+
+impl Settings {
+    /// Logto needs the machine-to-machine app's id.
+    pub fn validate(&self, target: &TargetSettings) -> Result<(), KeyError> {
+        target.require_client_id("Logto needs the machine-to-machine application's app id")?;
+        Ok(())
     }
-    Ok(())
 }
 
 pub struct Logto {
@@ -83,12 +97,12 @@ pub struct Logto {
 }
 
 impl Logto {
-    pub fn new(target: &Target, delivery: Arc<Delivery>) -> Logto {
+    pub fn new(target: &Target, settings: &Settings, delivery: Arc<Delivery>) -> Logto {
         Logto {
             base_url: target.base_url.clone(),
-            token_url: target.token_url.clone().unwrap_or_else(|| format!("{}/oidc/token", target.base_url)),
-            resource: target.resource.clone().unwrap_or_else(|| format!("{}/api", target.base_url)),
-            scope: target.scope.clone().unwrap_or_else(|| "all".to_owned()),
+            token_url: settings.token_url.clone().unwrap_or_else(|| format!("{}/oidc/token", target.base_url)),
+            resource: settings.resource.clone().unwrap_or_else(|| format!("{}/api", target.base_url)),
+            scope: settings.scope.clone(),
             client_id: target.client_id.clone(),
             client_secret: target.client_secret.clone(),
             timeout: target.timeout,
@@ -387,8 +401,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn logto() -> Logto {
-        let target = Target { timeout: Duration::from_millis(700), ..Target::for_tests(ProviderKind::Logto) };
-        Logto::new(&target, Delivery::unlimited(&target))
+        let target = Target { timeout: Duration::from_millis(700), ..Target::for_tests(Settings::default().into()) };
+        Logto::new(&target, &Settings::default(), Delivery::unlimited(&target))
     }
 
     fn spec(name: &str) -> OrgSpec {
@@ -457,12 +471,9 @@ mod tests {
     #[test]
     fn reconcile_waits_out_the_target_timeout_and_config_is_checked() {
         assert_eq!(logto().reconcile_delay(), Duration::from_millis(1700));
-        assert!(check(&TargetSettings::new("logto", "http://x", "app", "S")).is_ok());
-        let mut t = TargetSettings::new("logto", "http://x", "app", "S");
-        t.ownership_attribute = Some("x".into());
-        assert_eq!(check(&t).unwrap_err().0, "ownership_attribute");
-        t.ownership_attribute = None;
-        t.client_id = None;
-        assert_eq!(check(&t).unwrap_err().0, "client_id");
+        let mut target = TargetSettings::new("logto", "http://x", "app", "S");
+        assert_eq!(Settings::default().validate(&target), Ok(()));
+        target.client_id = None;
+        assert_eq!(Settings::default().validate(&target).unwrap_err().key, "client_id");
     }
 }

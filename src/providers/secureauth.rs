@@ -38,12 +38,13 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::token::{TokenCache, expires_in};
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
-use crate::config::{Target, TargetSettings};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetSettings};
+use crate::config::KeyError;
 use crate::contract::{ErrorCode, RequestId};
 use crate::delivery::{Delivery, Response};
 use crate::template::OrgSpec;
@@ -54,31 +55,45 @@ const SETTINGS: &[&str] = &["template_id", "authentication_mechanisms"];
 /// The documented values of `authentication_mechanisms` (PROVIDERS.md §1).
 pub const MECHANISMS: &[&str] = &["totp", "password", "otp", "email_otp", "sms_otp", "webauthn"];
 
-/// SecureAuth needs the tenant id (it is in every path) and the service client's id.
-pub fn check(target: &TargetSettings) -> Result<(), (&'static str, String)> {
-    match target.tenant.as_deref() {
-        None | Some("") => {
-            return Err((
+/// The keys of a SecureAuth target besides those of every target.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The tenant id, in every path (`/api/system/{tenant}/...`); required, no default.
+    pub tenant: String,
+    /// OAuth scope of the token; default `manage_organizations`.
+    pub scope: String,
+    /// Token endpoint; default `{base_url}/{tenant}/system/oauth2/token`.
+    pub token_url: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { tenant: String::new(), scope: DEFAULT_SCOPE.into(), token_url: None }
+    }
+}
+
+impl Settings {
+    /// SecureAuth needs a URL-safe tenant id (it is in every path) and the service client's id.
+    pub fn validate(&self, target: &TargetSettings) -> Result<(), KeyError> {
+        if self.tenant.is_empty() {
+            return Err(KeyError::new(
                 "tenant",
-                "SecureAuth needs the tenant id (the first label of https://{tenant}.{region}.connect.secureauth.com)"
-                    .into(),
+                "SecureAuth needs the tenant id (the first label of https://{tenant}.{region}.connect.secureauth.com)",
             ));
         }
-        Some(t) if !is_url_safe(t) => {
-            return Err((
+        if !is_url_safe(&self.tenant) {
+            return Err(KeyError::new(
                 "tenant",
-                format!("{t:?} is not a SecureAuth tenant id (letters, digits, '-', '.', '_', '~')"),
+                format!("{:?} is not a SecureAuth tenant id (letters, digits, '-', '.', '_', '~')", self.tenant),
             ));
         }
-        Some(_) => {}
+        target.require_client_id("SecureAuth needs the System workspace service client's id")?;
+        if self.scope.is_empty() {
+            return Err(KeyError::new("scope", format!("must not be empty (default: {DEFAULT_SCOPE})")));
+        }
+        Ok(())
     }
-    if target.client_id.as_deref().is_none_or(str::is_empty) {
-        return Err(("client_id", "SecureAuth needs the System workspace service client's id".into()));
-    }
-    if target.scope.as_deref() == Some("") {
-        return Err(("scope", "must not be empty (default: manage_organizations)".into()));
-    }
-    Ok(())
 }
 
 /// The deterministic organization id of `request_id` on `target`: hex SHA-256 of
@@ -105,16 +120,15 @@ pub struct SecureAuth {
 }
 
 impl SecureAuth {
-    pub fn new(target: &Target, delivery: Arc<Delivery>) -> SecureAuth {
-        // `check` guarantees a URL-safe tenant, so it needs no encoding in paths.
-        let tenant = target.tenant.clone().unwrap_or_default();
-        let base = &target.base_url;
+    pub fn new(target: &Target, settings: &Settings, delivery: Arc<Delivery>) -> SecureAuth {
+        // `Settings::validate` guarantees a URL-safe tenant, so it needs no encoding in paths.
+        let (tenant, base) = (&settings.tenant, &target.base_url);
         SecureAuth {
             target: target.name.clone(),
             organizations_url: format!("{base}/api/system/{tenant}/organizations"),
-            token_url: target.token_url.clone().unwrap_or_else(|| format!("{base}/{tenant}/system/oauth2/token")),
-            scope: target.scope.clone().unwrap_or_else(|| DEFAULT_SCOPE.to_owned()),
-            tenant,
+            token_url: settings.token_url.clone().unwrap_or_else(|| format!("{base}/{tenant}/system/oauth2/token")),
+            scope: settings.scope.clone(),
+            tenant: tenant.clone(),
             client_id: target.client_id.clone(),
             client_secret: target.client_secret.clone(),
             delivery,
@@ -414,18 +428,17 @@ mod tests {
     const CREATE_RESPONSE: &str = include_str!("../../tests/fixtures/secureauth/create_response.json");
     const ERROR_409: &str = include_str!("../../tests/fixtures/secureauth/error_409.json");
 
-    fn target() -> Target {
-        Target {
-            name: "acme-secureauth".into(),
-            base_url: "https://acme.us.connect.secureauth.com".into(),
-            tenant: Some("acme".into()),
-            ..Target::for_tests(ProviderKind::SecureAuth)
-        }
+    fn settings() -> Settings {
+        Settings { tenant: "acme".into(), ..Settings::default() }
     }
 
     fn secureauth() -> SecureAuth {
-        let target = target();
-        SecureAuth::new(&target, Delivery::unlimited(&target))
+        let target = Target {
+            name: "acme-secureauth".into(),
+            base_url: "https://acme.us.connect.secureauth.com".into(),
+            ..Target::for_tests(settings().into())
+        };
+        SecureAuth::new(&target, &settings(), Delivery::unlimited(&target))
     }
 
     fn spec(name: &str) -> OrgSpec {
@@ -462,15 +475,15 @@ mod tests {
     }
 
     #[test]
-    fn check_requires_the_tenant() {
-        let mut t = TargetSettings::new("secureauth", "https://x", "c", "V");
-        assert_eq!(check(&t).unwrap_err().0, "tenant");
-        t.tenant = Some("a/b".into());
-        assert_eq!(check(&t).unwrap_err().0, "tenant");
-        t.tenant = Some("acme".into());
-        assert!(check(&t).is_ok());
-        t.client_id = None;
-        assert_eq!(check(&t).unwrap_err().0, "client_id");
+    fn settings_need_a_url_safe_tenant_and_a_client_id() {
+        let mut target = TargetSettings::new("secureauth", "https://x", "c", "V");
+        let check = |s: &Settings, t: &TargetSettings| s.validate(t).map_err(|e| e.key);
+        assert_eq!(check(&Settings::default(), &target), Err("tenant".into()));
+        assert_eq!(check(&Settings { tenant: "a/b".into(), ..settings() }, &target), Err("tenant".into()));
+        assert_eq!(check(&Settings { scope: String::new(), ..settings() }, &target), Err("scope".into()));
+        assert_eq!(check(&settings(), &target), Ok(()));
+        target.client_id = None;
+        assert_eq!(check(&settings(), &target), Err("client_id".into()));
     }
 
     #[test]

@@ -40,11 +40,12 @@ use std::sync::Arc;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
-use crate::config::{Target, TargetSettings};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetSettings};
+use crate::config::KeyError;
 use crate::contract::RequestId;
 use crate::delivery::{Delivery, Response};
 use crate::template::OrgSpec;
@@ -103,12 +104,17 @@ const COMMON_DOMAINS: &[&str] = &[
     "yandex.com",
 ];
 
-/// Stytch needs the project id as `client_id` (the secret is the project secret).
-pub fn check(target: &TargetSettings) -> Result<(), (&'static str, String)> {
-    if target.client_id.as_deref().is_none_or(str::is_empty) {
-        return Err(("client_id", "Stytch needs the project id (project-test-... or project-live-...)".into()));
+/// A Stytch target has no keys besides those of every target.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {}
+
+impl Settings {
+    /// Stytch needs the project id as `client_id` (the secret is the project secret).
+    pub fn validate(&self, target: &TargetSettings) -> Result<(), KeyError> {
+        target.require_client_id("Stytch needs the project id (project-test-... or project-live-...)")?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// The `organization_external_id` of a request: the request_id itself when Stytch allows its
@@ -136,7 +142,7 @@ pub struct Stytch {
 }
 
 impl Stytch {
-    pub fn new(target: &Target, delivery: Arc<Delivery>) -> Stytch {
+    pub fn new(target: &Target, _: &Settings, delivery: Arc<Delivery>) -> Stytch {
         Stytch {
             organizations_url: format!("{}/v1/b2b/organizations", target.base_url),
             project_id: target.client_id.clone(),
@@ -430,9 +436,9 @@ mod tests {
             name: "acme-stytch".into(),
             base_url: "https://test.stytch.com".into(),
             client_id: "project-test-1".into(),
-            ..Target::for_tests(ProviderKind::Stytch)
+            ..Target::for_tests(Settings::default().into())
         };
-        Stytch::new(&target, Delivery::unlimited(&target))
+        Stytch::new(&target, &Settings::default(), Delivery::unlimited(&target))
     }
 
     fn spec(name: &str, display: &str) -> OrgSpec {

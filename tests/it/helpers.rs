@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use orgprov::config::{RateLimitSettings, RetrySettings, Settings, Target, TargetSettings};
+use orgprov::config::{RateLimitSettings, RetrySettings};
+use orgprov::providers::{Settings, Target, TargetSettings};
 use orgprov::simulator::{Simulator, SimulatorConfig};
 use orgprov::template::Templates;
 use orgprov::worker::{Worker, WorkerHandle};
@@ -307,10 +308,10 @@ impl TestEnv {
         );
         for (name, t) in &self.settings.targets {
             text.push_str(&format!(
-                "[targets.{name}]\nprovider = {:?}\nbase_url = {:?}\nclient_id = {:?}\nclient_secret_env = {:?}\n\
+                "[targets.{name}]\n{}base_url = {:?}\nclient_id = {:?}\nclient_secret_env = {:?}\n\
                  timeout_ms = {}\nmax_in_flight = {}\nrate_limit = {{ per_second = {:?}, burst = {} }}\n\
                  retry = {{ base_delay_ms = {}, max_delay_ms = {} }}\n",
-                t.provider,
+                t.provider.to_table(),
                 t.base_url,
                 t.client_id.clone().unwrap_or_default(),
                 t.client_secret_env.clone().unwrap_or_default(),
@@ -321,16 +322,6 @@ impl TestEnv {
                 t.retry.base_delay_ms,
                 t.retry.max_delay_ms,
             ));
-            for (key, value) in [
-                ("tenant", &t.tenant),
-                ("scope", &t.scope),
-                ("resource", &t.resource),
-                ("ownership_attribute", &t.ownership_attribute),
-            ] {
-                if let Some(v) = value {
-                    text.push_str(&format!("{key} = {v:?}\n"));
-                }
-            }
         }
         let path = self.dir.path().join("orgprov.toml");
         std::fs::write(&path, text).unwrap();

@@ -13,10 +13,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orgprov::config::{Settings, TargetSettings};
 use orgprov::contract::{Branding, ErrorCode, RequestId};
 use orgprov::delivery::{Delivery, Unlimited};
 use orgprov::providers::{Created, ErrorClass, Lookup, Provider};
+use orgprov::providers::{Settings, TargetSettings};
 use orgprov::simulator::{ScriptedFault, SimulatorConfig};
 use orgprov::template::OrgSpec;
 use serde_json::{Value, json};

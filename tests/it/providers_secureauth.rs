@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use orgprov::config::TargetSettings;
-use orgprov::providers::secureauth::organization_id;
+use orgprov::providers::TargetSettings;
+use orgprov::providers::secureauth::{self, organization_id};
 use orgprov::simulator::{ScriptedFault, SimulatorConfig};
 use serde_json::{Value, json};
 
@@ -26,8 +26,10 @@ const ORG_TEMPLATE: &str = "b2b-customer-template";
 /// A test environment with a SecureAuth target and the organization template in the tenant.
 async fn secureauth_env(config: SimulatorConfig) -> TestEnv {
     let mut env = TestEnv::with_simulator(SimulatorConfig { providers: vec![PROVIDER.into()], ..config }).await;
-    let target =
-        TargetSettings { tenant: Some(TENANT.into()), ..target_settings(PROVIDER, &env.sim.base_url(PROVIDER)) };
+    let target = TargetSettings {
+        provider: secureauth::Settings { tenant: TENANT.into(), ..Default::default() }.into(),
+        ..target_settings(PROVIDER, &env.sim.base_url(PROVIDER))
+    };
     env.settings.targets.insert(TARGET.into(), target);
     env.sim.insert_organization(
         PROVIDER,

@@ -723,8 +723,10 @@ mod tests {
         load(text, env).unwrap_err().to_string()
     }
 
-    const TARGET: &str = "[targets.acme]\nprovider = \"plain\"\nbase_url = \"https://acme.example\"\nclient_id = \"id\"\nclient_secret_env = \"ACME_SECRET\"\n";
-    const TENANTED: &str = "[targets.acme]\nprovider = \"tenanted\"\nbase_url = \"https://acme.example\"\nclient_id = \"id\"\nclient_secret_env = \"ACME_SECRET\"\ntenant = \"t1\"\n";
+    const TARGET: &str = "[targets.acme]\nprovider = \"plain\"\nbase_url = \"https://acme.example\"\n\
+                          client_id = \"id\"\nclient_secret_env = \"ACME_SECRET\"\n";
+    const TENANTED: &str = "[targets.acme]\nprovider = \"tenanted\"\nbase_url = \"https://acme.example\"\n\
+                            client_id = \"id\"\nclient_secret_env = \"ACME_SECRET\"\ntenant = \"t1\"\n";
 
     #[test]
     fn defaults_load_without_a_file() {

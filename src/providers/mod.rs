@@ -8,16 +8,21 @@
 //!
 //! The providers are registered once, in the `providers!` list below the module declarations:
 //! it declares [`ProviderKind`], the target settings enum [`ProviderSettings`] (tagged by
-//! `provider`), their names and [`build`]. Adding a provider means one module (holding a
-//! `Settings` struct with a `validate` method, and a provider type named like its variant with
-//! a `new(&Target, &Settings, Arc<Delivery>)`), its `pub mod` line, and one line in that list.
+//! `provider`), their names and [`build`]. Adding a provider means one module (holding its
+//! `Settings` struct, which implements [`TargetKeys`], and a provider type named like its
+//! variant with a `new(&Target, &Settings, Arc<Delivery>)`), its `pub mod` line, and one line
+//! in that list.
 
 pub mod auth0;
 pub mod biot;
 pub mod logto;
+pub mod rules;
 pub mod secureauth;
 pub mod stytch;
+#[cfg(test)]
+mod testing;
 pub mod token;
+pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +41,18 @@ pub type Settings = config::Settings<ProviderSettings>;
 pub type TargetSettings = config::TargetSettings<ProviderSettings>;
 /// A resolved target with this crate's providers.
 pub type Target = config::Target<ProviderSettings>;
+
+/// What the registry needs of a provider's `Settings`: the keys only its targets have.
+pub trait TargetKeys {
+    /// The error when a target has no `client_id`, saying what it is for this provider (every
+    /// provider needs one).
+    const CLIENT_ID: &'static str;
+
+    /// Start-up checks of the provider's own keys; the error names the key.
+    fn validate(&self) -> Result<(), KeyError> {
+        Ok(())
+    }
+}
 
 /// Declares, from one list of `module::Type` lines, everything that names every provider:
 /// [`ProviderKind`], [`ProviderSettings`] (a variant holding `module::Settings`), the names
@@ -111,15 +128,21 @@ macro_rules! providers {
 
             fn validate(&self, target: &TargetSettings) -> Result<(), KeyError> {
                 match self {
-                    $(ProviderSettings::$variant(settings) => settings.validate(target),)+
+                    $(ProviderSettings::$variant(settings) => {
+                        settings.validate()?;
+                        target.require_client_id(<$module::Settings as TargetKeys>::CLIENT_ID)?;
+                    })+
                 }
+                Ok(())
             }
         }
 
         /// Builds the adapter for one configured target.
         pub fn build(target: &Target, delivery: Arc<Delivery>) -> Box<dyn Provider> {
             match &target.provider {
-                $(ProviderSettings::$variant(settings) => Box::new($module::$variant::new(target, settings, delivery)),)+
+                $(ProviderSettings::$variant(settings) => {
+                    Box::new($module::$variant::new(target, settings, delivery))
+                })+
             }
         }
     };
@@ -381,24 +404,19 @@ mod tests {
 
     #[test]
     fn provider_checks_fail_at_load_naming_their_key() {
-        let e = |text: &str| load(text, &[]).unwrap_err().to_string();
-        assert!(
-            e(&target("secureauth", ""))
-                .starts_with("config key `targets.acme.tenant`: SecureAuth needs the tenant id")
-        );
-        assert!(
-            e(&target("secureauth", "tenant = \"a b\"\n"))
-                .starts_with("config key `targets.acme.tenant`: \"a b\" is not")
-        );
-        assert!(
-            e(&target("biot", "ownership_attribute = \"_x\"\n"))
-                .starts_with("config key `targets.acme.ownership_attribute`")
-        );
+        let e = |provider: &str, keys: &str| load(&target(provider, keys), &[]).unwrap_err().to_string();
+        let tenant = e("secureauth", "");
+        assert!(tenant.starts_with("config key `targets.acme.tenant`: SecureAuth needs the tenant id"), "{tenant}");
+        let tenant = e("secureauth", "tenant = \"a b\"\n");
+        assert!(tenant.starts_with("config key `targets.acme.tenant`: \"a b\" is not"), "{tenant}");
+        let attribute = e("biot", "ownership_attribute = \"_x\"\n");
+        assert!(attribute.starts_with("config key `targets.acme.ownership_attribute`"), "{attribute}");
+        // Every provider needs a client id, and says what it is.
         for provider in ProviderKind::NAMES {
-            let text = target(provider, "tenant = \"acme\"\n")
-                .replace("tenant = \"acme\"\n", if *provider == "secureauth" { "tenant = \"acme\"\n" } else { "" });
-            let text = text.replace("client_id = \"id\"\n", "");
-            assert!(e(&text).starts_with("config key `targets.acme.client_id`: "), "{provider}: {}", e(&text));
+            let keys = if *provider == "secureauth" { "tenant = \"acme\"\n" } else { "" };
+            let text = target(provider, keys).replace("client_id = \"id\"\n", "");
+            let missing = load(&text, &[]).unwrap_err().to_string();
+            assert!(missing.starts_with("config key `targets.acme.client_id`: "), "{missing}");
         }
     }
 

@@ -196,34 +196,6 @@ impl NatsSettings {
     pub fn event_subject(&self, event_type: &str) -> String {
         format!("{}{event_type}", self.subject_prefix)
     }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("nats://") || self.url.starts_with("tls://") || self.url.starts_with("ws")) {
-            return Err(key_error("nats.url", format!("{:?} is not a nats:// or tls:// URL", self.url)));
-        }
-        for (key, v) in [
-            ("nats.requests_stream", &self.requests_stream),
-            ("nats.events_stream", &self.events_stream),
-            ("nats.consumer", &self.consumer),
-        ] {
-            if v.is_empty() || v.chars().any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>')) {
-                return Err(key_error(key, format!("{v:?} must be non-empty, without spaces, '.', '*' or '>'")));
-            }
-        }
-        if !self.subject_prefix.is_empty() && !self.subject_prefix.ends_with('.') {
-            return Err(key_error("nats.subject_prefix", "must end with '.'"));
-        }
-        if self.ack_wait_secs < 5 {
-            return Err(key_error("nats.ack_wait_secs", "must be at least 5"));
-        }
-        if self.duplicate_window_secs < 600 {
-            return Err(key_error("nats.duplicate_window_secs", "must be at least 600 (10 min)"));
-        }
-        if self.max_ack_pending < 1 {
-            return Err(key_error("nats.max_ack_pending", "must be at least 1"));
-        }
-        Ok(())
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -242,18 +214,6 @@ impl Default for PostgresSettings {
             max_connections: 32,
             migrate: true,
         }
-    }
-}
-
-impl PostgresSettings {
-    fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
-            return Err(key_error("postgres.url", "must be a postgres:// URL"));
-        }
-        if self.max_connections < 2 {
-            return Err(key_error("postgres.max_connections", "must be at least 2"));
-        }
-        Ok(())
     }
 }
 
@@ -296,6 +256,48 @@ impl Default for WorkerSettings {
     }
 }
 
+impl NatsSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("nats://") || self.url.starts_with("tls://") || self.url.starts_with("ws")) {
+            return Err(key_error("nats.url", format!("{:?} is not a nats:// or tls:// URL", self.url)));
+        }
+        for (key, v) in [
+            ("nats.requests_stream", &self.requests_stream),
+            ("nats.events_stream", &self.events_stream),
+            ("nats.consumer", &self.consumer),
+        ] {
+            if v.is_empty() || v.chars().any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>')) {
+                return Err(key_error(key, format!("{v:?} must be non-empty, without spaces, '.', '*' or '>'")));
+            }
+        }
+        if !self.subject_prefix.is_empty() && !self.subject_prefix.ends_with('.') {
+            return Err(key_error("nats.subject_prefix", "must end with '.'"));
+        }
+        if self.ack_wait_secs < 5 {
+            return Err(key_error("nats.ack_wait_secs", "must be at least 5"));
+        }
+        if self.duplicate_window_secs < 600 {
+            return Err(key_error("nats.duplicate_window_secs", "must be at least 600 (10 min)"));
+        }
+        if self.max_ack_pending < 1 {
+            return Err(key_error("nats.max_ack_pending", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl PostgresSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Err(key_error("postgres.url", "must be a postgres:// URL"));
+        }
+        if self.max_connections < 2 {
+            return Err(key_error("postgres.max_connections", "must be at least 2"));
+        }
+        Ok(())
+    }
+}
+
 impl WorkerSettings {
     fn validate(&self, nats: &NatsSettings) -> Result<(), ConfigError> {
         if self.max_in_flight == 0 {
@@ -319,39 +321,42 @@ impl WorkerSettings {
 
 /// One upstream target: the keys every target has, and its provider's settings `P`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct TargetSettings<P> {
     /// `provider` and the keys only that provider has: read apart from the others, see
     /// [`ProviderPart`].
     #[serde(skip)]
     pub provider: P,
+    /// Required.
     pub base_url: String,
-    /// Client id, Stytch project id or BioT service user id.
-    #[serde(default)]
+    /// Client id, Stytch project id or BioT service user id; every provider needs one.
     pub client_id: Option<String>,
     /// Name of the environment variable holding the client secret.
-    #[serde(default)]
     pub client_secret_env: Option<String>,
     /// Path of a file holding the client secret (e.g. a mounted Kubernetes secret).
-    #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
     /// Whole-call timeout of one upstream call; default 10000.
-    #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Requests of this target in work at once in one worker; default 64.
-    #[serde(default = "default_target_in_flight")]
     pub max_in_flight: usize,
-    #[serde(default)]
     pub rate_limit: RateLimitSettings,
-    #[serde(default)]
     pub retry: RetrySettings,
 }
 
-fn default_timeout_ms() -> u64 {
-    10_000
-}
-fn default_target_in_flight() -> usize {
-    64
+impl<P: Default> Default for TargetSettings<P> {
+    fn default() -> Self {
+        TargetSettings {
+            provider: P::default(),
+            base_url: String::new(),
+            client_id: None,
+            client_secret_env: None,
+            client_secret_file: None,
+            timeout_ms: 10_000,
+            max_in_flight: 64,
+            rate_limit: RateLimitSettings::default(),
+            retry: RetrySettings::default(),
+        }
+    }
 }
 
 impl TargetSettings<()> {
@@ -362,9 +367,12 @@ impl TargetSettings<()> {
 
     /// The common keys of a target with every optional key at its default.
     fn common(base_url: &str, client_id: &str, client_secret_env: &str) -> TargetSettings<()> {
-        let keys = [("base_url", base_url), ("client_id", client_id), ("client_secret_env", client_secret_env)];
-        read_table(keys.into_iter().map(|(k, v)| (k.to_owned(), v.into())).collect())
-            .expect("the common keys of a target")
+        TargetSettings {
+            base_url: base_url.to_owned(),
+            client_id: Some(client_id.to_owned()),
+            client_secret_env: Some(client_secret_env.to_owned()),
+            ..TargetSettings::default()
+        }
     }
 
     fn with_provider<P>(self, provider: P) -> TargetSettings<P> {
@@ -428,6 +436,9 @@ impl<P: ProviderPart> TargetSettings<P> {
     fn validate(&self, name: &str) -> Result<(), ConfigError> {
         let key = |k: &str| format!("targets.{name}.{k}");
         self.provider.validate(self).map_err(|e| e.under(&format!("targets.{name}")))?;
+        if self.base_url.is_empty() {
+            return Err(key_error(key("base_url"), "missing: the upstream's base URL, e.g. https://acme.eu.auth0.com"));
+        }
         if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
             return Err(key_error(key("base_url"), format!("{:?} is not an http(s) URL", self.base_url)));
         }
@@ -777,9 +788,7 @@ mod tests {
         );
         assert!(err(&format!("{TARGET}timeout_ms = \"soon\"\n"), &[]).contains("`targets.acme.timeout_ms`"));
         assert!(err(&TARGET.replace("https:", "ftp:"), &[]).contains("`targets.acme.base_url`"));
-        assert!(
-            err(&TARGET.replace("base_url", "# base_url"), &[]).contains("`targets.acme`: missing field `base_url`")
-        );
+        assert!(err(&TARGET.replace("base_url", "# base_url"), &[]).contains("`targets.acme.base_url`: missing"));
         assert!(err("", &[("ORGPROV_POSTGRES__URL", "mysql://x")]).contains("`postgres.url`"));
         assert!(err("", &[("ORGPROV_WORKER__NOPE", "1")]).contains("nope"));
         assert!(err("[worker\n", &[]).contains("not valid TOML"));

@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::rules::{is_hex_colour, known_settings, length, tag_free};
+use super::rules::{is_hex_colour, known_settings, length, name_rules, tag_free};
 use super::token::{BearerAuth, ClientAuth, ClientCredentials};
 use super::upstream::{Answers, text_at};
 use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys};
@@ -85,14 +85,9 @@ impl Provider for Auth0 {
 
     fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
         let name = &spec.name;
-        if name.is_empty()
-            || name.len() > 50
-            || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
-        {
-            return Err(format!(
-                "organization.name {name:?} breaks Auth0's rules: 1-50 characters of lowercase letters, digits, '_' and '-'"
-            ));
-        }
+        let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+        let ok = (1..=50).contains(&name.len()) && name.chars().all(allowed);
+        name_rules(ok, name, "Auth0's rules: 1-50 characters of lowercase letters, digits, '_' and '-'")?;
         let mut body = Map::new();
         body.insert("name".into(), json!(name));
         if let Some(d) = &spec.display_name {
@@ -165,12 +160,10 @@ impl Provider for Auth0 {
 
     fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>> {
         async move {
+            // A 409 `organization_conflict`: the name is taken, by us or someone else; the
+            // lookup by name decides.
             let response = self.auth.create(&self.delivery, &self.organizations_url, body, request_id).await?;
-            match response.status {
-                200 | 201 => ANSWERS.created(&response),
-                409 => Ok(Created::Conflict { status: 409 }),
-                _ => Err(ANSWERS.classify(&response, "create organization")),
-            }
+            ANSWERS.create_answer(&response)
         }
         .boxed()
     }
@@ -180,11 +173,7 @@ impl Provider for Auth0 {
             let name = self.natural_key(body);
             let url = format!("{}/name/{}", self.organizations_url, urlencoding::encode(&name));
             let what = "look up organization";
-            let response = self
-                .auth
-                .send(&self.delivery, || self.delivery.client().get(&url), what)
-                .await
-                .map_err(CallError::for_lookup)?;
+            let response = self.auth.get(&self.delivery, &url, &[], what).await?;
             match response.status {
                 200 => {
                     let v = response.json().unwrap_or(Value::Null);

@@ -200,8 +200,7 @@ impl Biot {
         let url = format!("{}/organization/v1/organizations", self.base_url);
         let search = json!({ "filter": { "_name": { "eq": name } }, "limit": 1 }).to_string();
         let what = "look up organization";
-        let build = || self.delivery.client().get(&url).query(&[("searchRequest", &search)]);
-        let response = self.auth.send(&self.delivery, build, what).await.map_err(CallError::for_lookup)?;
+        let response = self.auth.get(&self.delivery, &url, &[("searchRequest", &search)], what).await?;
         if response.status != 200 {
             return Err(ANSWERS.classify(&response, what).for_lookup());
         }
@@ -497,13 +496,11 @@ impl Provider for Biot {
             let build = || create_request(&self.delivery, &url, org, request_id).header("x-execution-mode", "sync");
             let response = self.auth.send(&self.delivery, build, what).await?;
             match response.status {
-                200 | 201 => ANSWERS.created(&response),
                 409 if error_code(&response).as_deref() == Some("EMAIL_ALREADY_EXIST") => {
                     self.email_conflict(body, request_id, &response).await
                 }
                 // ORGANIZATION_ALREADY_EXIST (or an undocumented 409): the name lookup decides.
-                409 => Ok(Created::Conflict { status: 409 }),
-                _ => Err(ANSWERS.classify(&response, what)),
+                _ => ANSWERS.create_answer(&response),
             }
         }
         .boxed()

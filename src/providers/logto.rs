@@ -115,8 +115,7 @@ impl Logto {
             let page_text = page.to_string();
             let what = "search organizations";
             let query = [("q", name), ("page", &page_text), ("page_size", &page_size)];
-            let build = || self.delivery.client().get(&self.organizations_url).query(&query);
-            let response = self.auth.send(&self.delivery, build, what).await.map_err(CallError::for_lookup)?;
+            let response = self.auth.get(&self.delivery, &self.organizations_url, &query, what).await?;
             if response.status != 200 {
                 return Err(ANSWERS.classify(&response, what).for_lookup());
             }

@@ -17,6 +17,14 @@ pub fn known_settings(settings: &BTreeMap<String, Value>, provider: &str, known:
     }
 }
 
+/// Refuses `organization.name` unless it keeps to the provider's naming `rules` (`ok`).
+pub fn name_rules(ok: bool, name: &str, rules: &str) -> Result<(), String> {
+    if !ok {
+        return Err(format!("organization.name {name:?} breaks {rules}"));
+    }
+    Ok(())
+}
+
 /// Refuses metadata that would overwrite our ownership tag `tag`.
 pub fn tag_free(metadata: &BTreeMap<String, Value>, tag: &str) -> Result<(), String> {
     if metadata.contains_key(tag) {
@@ -39,6 +47,14 @@ pub fn length(field: &str, text: &str, allowed: RangeInclusive<usize>, provider:
 pub fn is_hex_colour(s: &str) -> bool {
     let hex = s.strip_prefix('#').unwrap_or("");
     (hex.len() == 3 || hex.len() == 6) && hex.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Refuses `organization.domains` unless every one is an e-mail domain ([`is_domain`]).
+pub fn email_domains(domains: &[String]) -> Result<(), String> {
+    match domains.iter().find(|d| !is_domain(d)) {
+        Some(bad) => Err(format!("organization.domains: {bad:?} is not an e-mail domain like example.com")),
+        None => Ok(()),
+    }
 }
 
 /// A host name with at least two labels, as e-mail domains are (`example.com`).
@@ -78,6 +94,11 @@ mod tests {
             known_settings(&settings, "secureauth", &["template_id"]),
             Err("template setting secureauth.theme is not supported (known: template_id)".into())
         );
+        assert_eq!(name_rules(true, "acme", "X's rules"), Ok(()));
+        assert_eq!(
+            name_rules(false, "a b", "X's rules: no spaces"),
+            Err("organization.name \"a b\" breaks X's rules: no spaces".into())
+        );
         let metadata = BTreeMap::from([("orgprov_request_id".to_owned(), json!("forged"))]);
         assert!(tag_free(&metadata, "orgprov_request_id").unwrap_err().contains("reserved"));
         assert_eq!(tag_free(&metadata, "crm_tag"), Ok(()));
@@ -101,6 +122,8 @@ mod tests {
         assert!(is_hex_colour("#abc") && is_hex_colour("#A1B2C3"));
         assert!(!is_hex_colour("abc") && !is_hex_colour("#abcd") && !is_hex_colour("#ggg") && !is_hex_colour("blue"));
         assert!(is_domain("acme.com") && is_domain("mail.acme-corp.co.uk"));
+        assert_eq!(email_domains(&["acme.com".into(), "b.org".into()]), Ok(()));
+        assert!(email_domains(&["acme.com".into(), "b".into()]).unwrap_err().contains("\"b\" is not an e-mail domain"));
         assert!(!is_domain("localhost") && !is_domain("a..b") && !is_domain("-a.com") && !is_domain("not a domain"));
         assert!(is_url_safe("acme-corp_1.x~") && !is_url_safe("") && !is_url_safe("a/b") && !is_url_safe("a b"));
         assert!(is_http_url("https://cdn.example/logo.png") && is_http_url("http://x"));

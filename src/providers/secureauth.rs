@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::rules::{is_domain, is_hex_colour, is_url_safe, known_settings, tag_free};
+use super::rules::{email_domains, is_hex_colour, is_url_safe, known_settings, name_rules, tag_free};
 use super::token::{BearerAuth, ClientAuth, ClientCredentials};
 use super::upstream::{Answers, text_at};
 use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys};
@@ -150,11 +150,7 @@ impl SecureAuth {
     async fn fetch(&self, id: &str) -> Result<Option<Value>, CallError> {
         let url = format!("{}/{}", self.organizations_url, urlencoding::encode(id));
         let what = "look up organization";
-        let response = self
-            .auth
-            .send(&self.delivery, || self.delivery.client().get(&url), what)
-            .await
-            .map_err(CallError::for_lookup)?;
+        let response = self.auth.get(&self.delivery, &url, &[], what).await?;
         match response.status {
             200 => match response.json() {
                 Some(v @ Value::Object(_)) => Ok(Some(v)),
@@ -201,35 +197,19 @@ fn ownership(org: &Value, id: &str, request_id: &RequestId) -> Lookup {
     if tag == Some(request_id.as_str()) { Lookup::Ours { id } } else { Lookup::NotOurs { id } }
 }
 
-fn non_empty_setting<'a>(
-    settings: &'a std::collections::BTreeMap<String, Value>,
-    key: &str,
-) -> Result<Option<&'a str>, String> {
-    match settings.get(key) {
-        None => Ok(None),
-        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
-        Some(_) => Err(format!("template setting secureauth.{key} must be a non-empty string")),
-    }
-}
-
 impl Provider for SecureAuth {
     fn kind(&self) -> ProviderKind {
         ProviderKind::SecureAuth
     }
 
     fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
-        let name = &spec.name;
-        if !is_url_safe(name) {
-            return Err(format!(
-                "organization.name {name:?} breaks SecureAuth's rules: a URL-safe name of letters, digits, \
-                 '-', '.', '_' and '~' is required"
-            ));
-        }
+        let rules = "SecureAuth's rules: a URL-safe name of letters, digits, '-', '.', '_' and '~' is required";
+        name_rules(is_url_safe(&spec.name), &spec.name, rules)?;
         known_settings(&spec.settings, "secureauth", SETTINGS)?;
         tag_free(&spec.metadata, TAG)?;
         let mut body = Map::new();
         body.insert("id".into(), json!(organization_id(&self.target, request_id.as_str())));
-        body.insert("name".into(), json!(name));
+        body.insert("name".into(), json!(spec.name));
         if let Some(d) = &spec.description {
             body.insert("description".into(), json!(d));
         }
@@ -240,9 +220,7 @@ impl Provider for SecureAuth {
             body.insert("parent_id".into(), json!(p));
         }
         if !spec.domains.is_empty() {
-            if let Some(bad) = spec.domains.iter().find(|d| !is_domain(d)) {
-                return Err(format!("organization.domains: {bad:?} is not an e-mail domain like example.com"));
-            }
+            email_domains(&spec.domains)?;
             body.insert("domains".into(), json!(spec.domains));
         }
         if let Some(c) = &spec.branding.primary_color {
@@ -276,9 +254,8 @@ impl Provider for SecureAuth {
         async move {
             let response = self.auth.create(&self.delivery, &self.organizations_url, body, request_id).await?;
             match response.status {
-                200 | 201 => ANSWERS.created(&response),
                 409 => self.resolve_conflict(body, &response).await,
-                _ => Err(ANSWERS.classify(&response, "create organization")),
+                _ => ANSWERS.create_answer(&response),
             }
         }
         .boxed()
@@ -297,6 +274,17 @@ impl Provider for SecureAuth {
 
     fn natural_key(&self, body: &Value) -> String {
         text_at(body, "/id")
+    }
+}
+
+fn non_empty_setting<'a>(
+    settings: &'a std::collections::BTreeMap<String, Value>,
+    key: &str,
+) -> Result<Option<&'a str>, String> {
+    match settings.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) if !s.is_empty() => Ok(Some(s)),
+        Some(_) => Err(format!("template setting secureauth.{key} must be a non-empty string")),
     }
 }
 

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::rules::{is_domain, is_http_url, known_settings, length, tag_free};
+use super::rules::{email_domains, is_http_url, known_settings, length, name_rules, tag_free};
 use super::upstream::{Answers, create_request, text_at};
 use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys};
 use crate::contract::RequestId;
@@ -229,49 +229,6 @@ fn error_type(response: &Response) -> Option<String> {
     response.json()?.get("error_type").and_then(Value::as_str).map(str::to_owned)
 }
 
-/// Validates `[settings.stytch]` and copies it into the body.
-fn apply_settings(settings: &BTreeMap<String, Value>, body: &mut Map<String, Value>) -> Result<(), String> {
-    let mut known: Vec<&str> = ENUM_SETTINGS.iter().chain(LIST_SETTINGS).map(|(k, _)| *k).collect();
-    known.push(ROLE_ASSIGNMENTS);
-    known_settings(settings, "stytch", &known)?;
-    for (key, value) in settings {
-        if let Some((_, allowed)) = ENUM_SETTINGS.iter().find(|(k, _)| k == key) {
-            if !value.as_str().is_some_and(|s| allowed.contains(&s)) {
-                return Err(format!("template setting stytch.{key} is {value}; Stytch accepts {}", allowed.join(", ")));
-            }
-        } else if let Some((_, allowed)) = LIST_SETTINGS.iter().find(|(k, _)| k == key) {
-            let list = value.as_array().ok_or_else(|| format!("template setting stytch.{key} must be an array"))?;
-            if let Some(bad) = list.iter().find(|i| !i.as_str().is_some_and(|s| allowed.contains(&s))) {
-                return Err(format!("template setting stytch.{key}: {bad} is not one of {}", allowed.join(", ")));
-            }
-        } else {
-            let list = value.as_array().ok_or_else(|| format!("template setting stytch.{key} must be an array"))?;
-            for item in list {
-                let ok = item.as_object().is_some_and(|o| {
-                    o.len() == 2
-                        && ["domain", "role_id"]
-                            .iter()
-                            .all(|f| o.get(*f).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
-                });
-                if !ok {
-                    return Err(format!(
-                        "template setting stytch.{key}: each entry needs exactly a domain and a role_id, got {item}"
-                    ));
-                }
-            }
-        }
-        body.insert(key.clone(), value.clone());
-    }
-    for (mode, list) in [("auth_methods", "allowed_auth_methods"), ("mfa_methods", "allowed_mfa_methods")] {
-        let restricted = settings.get(mode).and_then(Value::as_str) == Some("RESTRICTED");
-        let empty = settings.get(list).and_then(Value::as_array).is_none_or(Vec::is_empty);
-        if restricted && empty {
-            return Err(format!("template setting stytch.{mode} = \"RESTRICTED\" needs a non-empty stytch.{list}"));
-        }
-    }
-    Ok(())
-}
-
 impl Provider for Stytch {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Stytch
@@ -279,12 +236,8 @@ impl Provider for Stytch {
 
     fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
         let slug = &spec.name;
-        if !is_slug(slug) {
-            return Err(format!(
-                "organization.name {slug:?} breaks Stytch's slug rules: 2-128 characters of letters, digits, \
-                 '-', '.', '_' and '~'"
-            ));
-        }
+        let rules = "Stytch's slug rules: 2-128 characters of letters, digits, '-', '.', '_' and '~'";
+        name_rules(is_slug(slug), slug, rules)?;
         let name = spec.display_name.as_deref().unwrap_or(slug);
         length("organization.display_name", name, 1..=NAME_MAX, "Stytch")?;
         if name.trim().is_empty() {
@@ -299,13 +252,9 @@ impl Provider for Stytch {
         metadata.insert(TAG.into(), json!(request_id.as_str()));
         body.insert("trusted_metadata".into(), Value::Object(metadata));
         if !spec.domains.is_empty() {
-            for d in &spec.domains {
-                if !is_domain(d) {
-                    return Err(format!("organization.domains: {d:?} is not an e-mail domain like example.com"));
-                }
-                if COMMON_DOMAINS.contains(&d.to_ascii_lowercase().as_str()) {
-                    return Err(format!("organization.domains: Stytch refuses common public mail domains like {d:?}"));
-                }
+            email_domains(&spec.domains)?;
+            if let Some(d) = spec.domains.iter().find(|d| COMMON_DOMAINS.contains(&d.to_ascii_lowercase().as_str())) {
+                return Err(format!("organization.domains: Stytch refuses common public mail domains like {d:?}"));
             }
             body.insert("email_allowed_domains".into(), json!(spec.domains));
         }
@@ -356,6 +305,49 @@ impl Provider for Stytch {
     fn natural_key(&self, body: &Value) -> String {
         text_at(body, "/organization_slug")
     }
+}
+
+/// Validates `[settings.stytch]` and copies it into the body.
+fn apply_settings(settings: &BTreeMap<String, Value>, body: &mut Map<String, Value>) -> Result<(), String> {
+    let mut known: Vec<&str> = ENUM_SETTINGS.iter().chain(LIST_SETTINGS).map(|(k, _)| *k).collect();
+    known.push(ROLE_ASSIGNMENTS);
+    known_settings(settings, "stytch", &known)?;
+    for (key, value) in settings {
+        if let Some((_, allowed)) = ENUM_SETTINGS.iter().find(|(k, _)| k == key) {
+            if !value.as_str().is_some_and(|s| allowed.contains(&s)) {
+                return Err(format!("template setting stytch.{key} is {value}; Stytch accepts {}", allowed.join(", ")));
+            }
+        } else if let Some((_, allowed)) = LIST_SETTINGS.iter().find(|(k, _)| k == key) {
+            let list = value.as_array().ok_or_else(|| format!("template setting stytch.{key} must be an array"))?;
+            if let Some(bad) = list.iter().find(|i| !i.as_str().is_some_and(|s| allowed.contains(&s))) {
+                return Err(format!("template setting stytch.{key}: {bad} is not one of {}", allowed.join(", ")));
+            }
+        } else {
+            let list = value.as_array().ok_or_else(|| format!("template setting stytch.{key} must be an array"))?;
+            for item in list {
+                let ok = item.as_object().is_some_and(|o| {
+                    o.len() == 2
+                        && ["domain", "role_id"]
+                            .iter()
+                            .all(|f| o.get(*f).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+                });
+                if !ok {
+                    return Err(format!(
+                        "template setting stytch.{key}: each entry needs exactly a domain and a role_id, got {item}"
+                    ));
+                }
+            }
+        }
+        body.insert(key.clone(), value.clone());
+    }
+    for (mode, list) in [("auth_methods", "allowed_auth_methods"), ("mfa_methods", "allowed_mfa_methods")] {
+        let restricted = settings.get(mode).and_then(Value::as_str) == Some("RESTRICTED");
+        let empty = settings.get(list).and_then(Value::as_array).is_none_or(Vec::is_empty);
+        if restricted && empty {
+            return Err(format!("template setting stytch.{mode} = \"RESTRICTED\" needs a non-empty stytch.{list}"));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

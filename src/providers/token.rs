@@ -124,6 +124,22 @@ impl<G: Grant> BearerAuth<G> {
     ) -> Result<Response, CallError> {
         self.send(delivery, || create_request(delivery, url, body, request_id), "create organization").await
     }
+
+    /// Sends a lookup, `GET url` with `query`, with the bearer token. A lookup changes
+    /// nothing upstream, so its failures are never ambiguous.
+    pub async fn get(
+        &self,
+        delivery: &Delivery,
+        url: &str,
+        query: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Response, CallError> {
+        let build = || match query {
+            [] => delivery.client().get(url),
+            query => delivery.client().get(url).query(query),
+        };
+        self.send(delivery, build, what).await.map_err(CallError::for_lookup)
+    }
 }
 
 /// Where a client-credentials grant puts the client's id and secret.

@@ -75,6 +75,17 @@ impl Answers {
         e
     }
 
+    /// The usual reading of a create's answer: a 2xx is the new organization
+    /// ([`Answers::created`]), a 409 a taken natural key for the lookup to settle, anything
+    /// else a failure ([`Answers::classify`]).
+    pub fn create_answer(&self, response: &Response) -> Result<Created, CallError> {
+        match response.status {
+            200 | 201 => self.created(response),
+            409 => Ok(Created::Conflict { status: 409 }),
+            _ => Err(self.classify(response, "create organization")),
+        }
+    }
+
     /// A create's 2xx answer: the new organization, or an ambiguous failure when the answer
     /// has no id (the organization may exist all the same).
     pub fn created(&self, response: &Response) -> Result<Created, CallError> {
@@ -137,6 +148,20 @@ mod tests {
         assert_eq!(ANSWERS.classify(&response(503, "{}"), "x").class, ErrorClass::Ambiguous);
         assert_eq!(ANSWERS.classify(&response(429, "{}"), "x").class, ErrorClass::Retryable);
         assert_eq!(ANSWERS.classify(&response(403, "{}"), "x").class, ErrorClass::Permanent(ErrorCode::Forbidden));
+    }
+
+    #[test]
+    fn a_create_answer_is_the_organization_a_conflict_or_a_failure() {
+        assert!(matches!(
+            ANSWERS.create_answer(&response(201, r#"{"organization":{"id":"o1"}}"#)),
+            Ok(Created::New { .. })
+        ));
+        assert_eq!(ANSWERS.create_answer(&response(409, "{}")).unwrap(), Created::Conflict { status: 409 });
+        let e = ANSWERS.create_answer(&response(400, r#"{"message":"bad"}"#)).unwrap_err();
+        assert_eq!(
+            (e.class, e.message.as_str()),
+            (ErrorClass::Permanent(ErrorCode::Rejected), "create organization: Upstream answered 400: bad")
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!
 //! This module knows no provider. A target's table is read in two parts: the keys every target
 //! has ([`TargetSettings`]), and `provider` with the keys left over, which go to the provider
-//! part `P` ([`ProviderPart`], implemented by [`crate::providers`] with one settings struct per
+//! part `P` ([`ProviderPart`], implemented by the `providers` module with one settings struct per
 //! provider). Reading each part on its own keeps every error naming its full key.
 
 use std::collections::BTreeMap;
@@ -58,7 +58,7 @@ impl KeyError {
 
 /// The part of a target's settings that depends on its provider. `provider = "auth0"` picks
 /// the provider; the keys that are not [`TargetSettings`]' own are that provider's. This module
-/// knows no provider: [`crate::providers`] implements the trait for its settings enum.
+/// knows no provider: the `providers` module implements the trait for its settings enum.
 pub trait ProviderPart: Sized {
     /// Every name `provider` takes.
     const NAMES: &'static [&'static str];

@@ -111,9 +111,7 @@ impl<G: Grant> BearerAuth<G> {
             return Ok(response);
         }
     }
-}
 
-impl<G: Grant> BearerAuth<G> {
     /// Sends a create: [`create_request`] with the bearer token.
     pub async fn create(
         &self,
@@ -295,5 +293,72 @@ mod tests {
         assert_eq!(lifetime(json!({"access_token": "t"})), Some(Duration::from_secs(3600)));
         assert_eq!(lifetime(json!({"access_token": "", "expires_in": 60})), None);
         assert_eq!(lifetime(json!({"expires_in": 60})), None);
+    }
+
+    const ANSWERS: Answers =
+        Answers { upstream: "Upstream", created_id: "/id", code: None, message: &["error"], details: &[] };
+
+    /// Serves one token endpoint on a local port; returns its URL and what it received
+    /// (authorization header, content type, body).
+    async fn token_endpoint(status: u16, answer: &'static str) -> (String, Arc<std::sync::Mutex<Vec<[String; 3]>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let record = record.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let header =
+                    |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let (authorization, content_type) = (header("authorization"), header("content-type"));
+                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+                record.lock().unwrap().push([authorization, content_type, String::from_utf8_lossy(&body).into()]);
+                axum::response::Response::builder().status(status).body(axum::body::Body::from(answer)).unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    async fn grant(auth: ClientAuth, status: u16, answer: &'static str) -> (Result<Duration, CallError>, [String; 3]) {
+        let (url, seen) = token_endpoint(status, answer).await;
+        let target = Target::for_tests(crate::providers::auth0::Settings::default().into());
+        let grant = ClientCredentials::new(&target, Some(&url), "/unused", auth, &ANSWERS).param("scope", "all");
+        let lifetime = grant.fetch(&Delivery::unlimited(&target)).await.map(|(_, lifetime)| lifetime);
+        let seen = seen.lock().unwrap().pop().expect("one token request");
+        (lifetime, seen)
+    }
+
+    #[tokio::test]
+    async fn client_credentials_go_where_each_provider_sends_them() {
+        let ok = r#"{"access_token":"t","expires_in":60}"#;
+        let (lifetime, [authorization, content_type, body]) = grant(ClientAuth::JsonBody, 200, ok).await;
+        assert_eq!(lifetime.unwrap(), Duration::from_secs(60));
+        assert_eq!((authorization.as_str(), content_type.as_str()), ("", "application/json"));
+        let body: Value = serde_json::from_str(&body).unwrap();
+        let expected =
+            json!({"grant_type": "client_credentials", "client_id": "c", "client_secret": "s", "scope": "all"});
+        assert_eq!(body, expected);
+
+        let (_, [authorization, content_type, body]) = grant(ClientAuth::FormBody, 200, ok).await;
+        assert_eq!((authorization.as_str(), content_type.as_str()), ("", "application/x-www-form-urlencoded"));
+        assert_eq!(body, "grant_type=client_credentials&client_id=c&client_secret=s&scope=all");
+
+        let (_, [authorization, _, body]) = grant(ClientAuth::Basic, 200, ok).await;
+        assert_eq!(authorization, "Basic Yzpz", "c:s");
+        assert_eq!(body, "grant_type=client_credentials&scope=all");
+    }
+
+    #[tokio::test]
+    async fn a_refused_grant_is_final_and_names_the_upstream() {
+        let (lifetime, _) = grant(ClientAuth::FormBody, 400, r#"{"error":"invalid_client"}"#).await;
+        let e = lifetime.unwrap_err();
+        assert_eq!(e.class, ErrorClass::Permanent(crate::contract::ErrorCode::Unauthorized));
+        assert_eq!(e.message, "Upstream token endpoint answered 400: invalid_client");
+        let (lifetime, _) = grant(ClientAuth::FormBody, 200, r#"{"expires_in":60}"#).await;
+        assert_eq!(lifetime.unwrap_err().class, ErrorClass::Retryable);
+        let (lifetime, _) = grant(ClientAuth::FormBody, 503, "busy").await;
+        assert_eq!(lifetime.unwrap_err().class, ErrorClass::Retryable, "a token request creates nothing");
     }
 }

@@ -4,7 +4,7 @@
 //!   `{base_url}/ums/v2/services/accessToken`) and `{id, secretKey}`. The answer names an absolute
 //!   `accessTokenExpiration` (ISO-8601), not a lifetime: it is turned into one against the
 //!   response's `Date` header (server time), one second shorter because `Date` only has whole
-//!   seconds, and the shared [`TokenCache`] refreshes ahead of that. A 401 refreshes once.
+//!   seconds, and the shared token cache refreshes ahead of that. A 401 refreshes once.
 //! - Create: `POST /organization/v1/organizations/templates/{templateName}` with
 //!   `x-execution-mode: sync`, so the admin user and template work are done when 201 arrives.
 //!   The prepared body is stored as `{"template_name", "organization"}`: the template name is

@@ -16,8 +16,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ConfigError, Settings};
+use crate::config::ConfigError;
 use crate::contract::{self, ErrorCode, OrganizationInput, RequestMessage};
+use crate::providers::Settings;
 use crate::store::{EventNaming, ReplayCandidate, RequestState, Store};
 use crate::template::Templates;
 use crate::worker::Worker;

@@ -5,6 +5,11 @@
 //! Every bad value fails at start-up with an error that names its key. Credentials are never
 //! written in the file: a target names an environment variable or a file holding the secret,
 //! and the loaded value lives in a [`SecretString`] so it cannot reach a log by accident.
+//!
+//! This module knows no provider. A target's table is read in two parts: the keys every target
+//! has ([`TargetSettings`]), and `provider` with the keys left over, which go to the provider
+//! part `P` ([`ProviderPart`], implemented by the `providers` module with one settings struct per
+//! provider). Reading each part on its own keeps every error naming its full key.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -12,8 +17,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
-
-use crate::providers::ProviderKind;
+use serde::de::DeserializeOwned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -29,17 +33,119 @@ fn key_error(key: impl Into<String>, message: impl Into<String>) -> ConfigError 
     ConfigError::Key { key: key.into(), message: message.into() }
 }
 
+/// A bad key inside one table: `key` is its path in that table (empty for the table itself).
+#[derive(Debug, PartialEq)]
+pub struct KeyError {
+    pub key: String,
+    pub message: String,
+}
+
+impl KeyError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> KeyError {
+        KeyError { key: key.into(), message: message.into() }
+    }
+
+    /// The error as a [`ConfigError`] naming the full key, the table being at `table`.
+    fn under(self, table: &str) -> ConfigError {
+        match (table, self.key.as_str()) {
+            ("", "") => key_error("(root)", self.message),
+            (table, "") => key_error(table, self.message),
+            ("", key) => key_error(key, self.message),
+            (table, key) => key_error(format!("{table}.{key}"), self.message),
+        }
+    }
+}
+
+/// The part of a target's settings that depends on its provider. `provider = "auth0"` picks
+/// the provider; the keys that are not [`TargetSettings`]' own are that provider's. This module
+/// knows no provider: the `providers` module implements the trait for its settings enum.
+pub trait ProviderPart: Sized {
+    /// Every name `provider` takes.
+    const NAMES: &'static [&'static str];
+
+    /// Reads the part of provider `name` (one of [`ProviderPart::NAMES`]) from `keys`: the
+    /// target's keys other than [`TargetSettings`]' own. See [`read_provider_keys`].
+    fn read(name: &str, keys: toml::Table) -> Result<Self, KeyError>;
+
+    /// The provider's name, as `provider` spells it.
+    fn name(&self) -> &'static str;
+
+    /// The provider's start-up checks of its target (its own keys, and the common keys it
+    /// needs, such as `client_id`); the error names a key of the target.
+    fn validate(&self, target: &TargetSettings<Self>) -> Result<(), KeyError>;
+}
+
+/// The keys of a settings struct, as serde reads them (its field names).
+fn keys_of<T: DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Error, Visitor};
+
+    /// A deserializer that only notes the field names a struct asks for.
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> serde::Deserializer<'de> for FieldNames<'_> {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(Error::custom("field names noted"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+            unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields
+}
+
+/// Reads `table` as `T`; an error names the key inside `table` it is about.
+fn read_table<T: DeserializeOwned>(table: toml::Table) -> Result<T, KeyError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        KeyError::new(if key == "." { String::new() } else { key }, e.into_inner().to_string())
+    })
+}
+
+/// Reads the keys of a `provider` target as `T`, its settings struct. A key `T` does not have
+/// (another provider's, say) is refused by name, with the keys such a target takes.
+pub fn read_provider_keys<T: DeserializeOwned>(provider: &str, keys: toml::Table) -> Result<T, KeyError> {
+    let own = keys_of::<T>();
+    if let Some(unknown) = keys.keys().find(|k| !own.contains(&k.as_str())) {
+        let common = format!("the keys of every target (provider, {})", TargetSettings::<()>::keys().join(", "));
+        let takes = if own.is_empty() { format!("only {common}") } else { format!("{} and {common}", own.join(", ")) };
+        return Err(KeyError::new(
+            unknown.clone(),
+            format!("not a key for provider {provider}; its targets take {takes}"),
+        ));
+    }
+    read_table(keys)
+}
+
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {
+#[serde(deny_unknown_fields, default, bound = "")]
+pub struct Settings<P> {
     pub nats: NatsSettings,
     pub postgres: PostgresSettings,
     pub worker: WorkerSettings,
     pub templates_dir: PathBuf,
-    pub targets: BTreeMap<String, TargetSettings>,
+    /// Targets by name; [`Settings::load`] reads them one by one (see [`TargetSettings`]).
+    #[serde(skip)]
+    pub targets: BTreeMap<String, TargetSettings<P>>,
 }
 
-impl Default for Settings {
+impl<P> Default for Settings<P> {
     fn default() -> Self {
         Settings {
             nats: NatsSettings::default(),
@@ -150,73 +256,252 @@ impl Default for WorkerSettings {
     }
 }
 
+impl NatsSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("nats://") || self.url.starts_with("tls://") || self.url.starts_with("ws")) {
+            return Err(key_error("nats.url", format!("{:?} is not a nats:// or tls:// URL", self.url)));
+        }
+        for (key, v) in [
+            ("nats.requests_stream", &self.requests_stream),
+            ("nats.events_stream", &self.events_stream),
+            ("nats.consumer", &self.consumer),
+        ] {
+            if v.is_empty() || v.chars().any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>')) {
+                return Err(key_error(key, format!("{v:?} must be non-empty, without spaces, '.', '*' or '>'")));
+            }
+        }
+        if !self.subject_prefix.is_empty() && !self.subject_prefix.ends_with('.') {
+            return Err(key_error("nats.subject_prefix", "must end with '.'"));
+        }
+        if self.ack_wait_secs < 5 {
+            return Err(key_error("nats.ack_wait_secs", "must be at least 5"));
+        }
+        if self.duplicate_window_secs < 600 {
+            return Err(key_error("nats.duplicate_window_secs", "must be at least 600 (10 min)"));
+        }
+        if self.max_ack_pending < 1 {
+            return Err(key_error("nats.max_ack_pending", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl PostgresSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Err(key_error("postgres.url", "must be a postgres:// URL"));
+        }
+        if self.max_connections < 2 {
+            return Err(key_error("postgres.max_connections", "must be at least 2"));
+        }
+        Ok(())
+    }
+}
+
+impl WorkerSettings {
+    fn validate(&self, nats: &NatsSettings) -> Result<(), ConfigError> {
+        if self.max_in_flight == 0 {
+            return Err(key_error("worker.max_in_flight", "must be at least 1"));
+        }
+        if self.lease_secs < 3 {
+            return Err(key_error("worker.lease_secs", "must be at least 3"));
+        }
+        if self.max_attempts == 0 {
+            return Err(key_error("worker.max_attempts", "must be at least 1"));
+        }
+        if self.max_inline_wait_secs * 2 >= nats.ack_wait_secs {
+            return Err(key_error("worker.max_inline_wait_secs", "must be under half of nats.ack_wait_secs"));
+        }
+        if !self.admin_addr.is_empty() && self.admin_addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(key_error("worker.admin_addr", format!("{:?} is not host:port", self.admin_addr)));
+        }
+        Ok(())
+    }
+}
+
+/// One upstream target: the keys every target has, and its provider's settings `P`.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TargetSettings {
-    pub provider: String,
+#[serde(deny_unknown_fields, default)]
+pub struct TargetSettings<P> {
+    /// `provider` and the keys only that provider has: read apart from the others, see
+    /// [`ProviderPart`].
+    #[serde(skip)]
+    pub provider: P,
+    /// Required.
     pub base_url: String,
-    #[serde(default)]
-    pub token_url: Option<String>,
-    #[serde(default)]
-    pub audience: Option<String>,
-    #[serde(default)]
+    /// Client id, Stytch project id or BioT service user id; every provider needs one.
     pub client_id: Option<String>,
-    /// Provider-specific: SecureAuth tenant id (path `/api/system/{tenant}/...`).
-    #[serde(default)]
-    pub tenant: Option<String>,
-    /// Provider-specific: OAuth scope (SecureAuth: `manage_organizations`; Logto: `all`).
-    #[serde(default)]
-    pub scope: Option<String>,
-    /// Provider-specific: Logto resource indicator (default `{base_url}/api`).
-    #[serde(default)]
-    pub resource: Option<String>,
-    /// Provider-specific: BioT custom attribute holding our ownership tag.
-    #[serde(default)]
-    pub ownership_attribute: Option<String>,
     /// Name of the environment variable holding the client secret.
-    #[serde(default)]
     pub client_secret_env: Option<String>,
     /// Path of a file holding the client secret (e.g. a mounted Kubernetes secret).
-    #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
-    #[serde(default = "default_timeout_ms")]
+    /// Whole-call timeout of one upstream call; default 10000.
     pub timeout_ms: u64,
-    #[serde(default = "default_target_in_flight")]
+    /// Requests of this target in work at once in one worker; default 64.
     pub max_in_flight: usize,
-    #[serde(default)]
     pub rate_limit: RateLimitSettings,
-    #[serde(default)]
     pub retry: RetrySettings,
 }
 
-impl TargetSettings {
-    /// A target with every optional key at its default.
-    pub fn new(provider: &str, base_url: &str, client_id: &str, client_secret_env: &str) -> TargetSettings {
+impl<P: Default> Default for TargetSettings<P> {
+    fn default() -> Self {
         TargetSettings {
-            provider: provider.to_owned(),
-            base_url: base_url.to_owned(),
-            token_url: None,
-            audience: None,
-            tenant: None,
-            scope: None,
-            resource: None,
-            ownership_attribute: None,
-            client_id: Some(client_id.to_owned()),
-            client_secret_env: Some(client_secret_env.to_owned()),
+            provider: P::default(),
+            base_url: String::new(),
+            client_id: None,
+            client_secret_env: None,
             client_secret_file: None,
-            timeout_ms: default_timeout_ms(),
-            max_in_flight: default_target_in_flight(),
+            timeout_ms: 10_000,
+            max_in_flight: 64,
             rate_limit: RateLimitSettings::default(),
             retry: RetrySettings::default(),
         }
     }
 }
 
-fn default_timeout_ms() -> u64 {
-    10_000
+impl TargetSettings<()> {
+    /// The keys every target has besides `provider`.
+    pub fn keys() -> &'static [&'static str] {
+        keys_of::<TargetSettings<()>>()
+    }
+
+    /// The common keys of a target with every optional key at its default.
+    fn common(base_url: &str, client_id: &str, client_secret_env: &str) -> TargetSettings<()> {
+        TargetSettings {
+            base_url: base_url.to_owned(),
+            client_id: Some(client_id.to_owned()),
+            client_secret_env: Some(client_secret_env.to_owned()),
+            ..TargetSettings::default()
+        }
+    }
+
+    fn with_provider<P>(self, provider: P) -> TargetSettings<P> {
+        TargetSettings {
+            provider,
+            base_url: self.base_url,
+            client_id: self.client_id,
+            client_secret_env: self.client_secret_env,
+            client_secret_file: self.client_secret_file,
+            timeout_ms: self.timeout_ms,
+            max_in_flight: self.max_in_flight,
+            rate_limit: self.rate_limit,
+            retry: self.retry,
+        }
+    }
 }
-fn default_target_in_flight() -> usize {
-    64
+
+impl<P> TargetSettings<P> {
+    /// The client id, or an error naming `client_id` that says `what` it is for this provider.
+    pub fn require_client_id(&self, what: &str) -> Result<&str, KeyError> {
+        self.client_id.as_deref().filter(|id| !id.is_empty()).ok_or_else(|| KeyError::new("client_id", what))
+    }
+}
+
+impl<P: ProviderPart> TargetSettings<P> {
+    /// A target of `provider` with every optional key at its default.
+    ///
+    /// # Panics
+    /// When `provider` is not one of [`ProviderPart::NAMES`].
+    pub fn new(provider: &str, base_url: &str, client_id: &str, client_secret_env: &str) -> TargetSettings<P> {
+        let part = P::read(provider, toml::Table::new()).unwrap_or_else(|e| panic!("{provider}: {}", e.message));
+        TargetSettings::common(base_url, client_id, client_secret_env).with_provider(part)
+    }
+
+    /// Reads `targets.<name>`: `provider` and the provider's keys go to `P`, the rest here.
+    fn read(name: &str, value: toml::Value) -> Result<TargetSettings<P>, ConfigError> {
+        let table = format!("targets.{name}");
+        let toml::Value::Table(mut keys) = value else {
+            return Err(key_error(table, "must be a table"));
+        };
+        let provider = match keys.remove("provider") {
+            Some(toml::Value::String(p)) if P::NAMES.contains(&p.as_str()) => p,
+            Some(other) => {
+                return Err(key_error(
+                    format!("{table}.provider"),
+                    format!("unknown provider {other}; known: {}", P::NAMES.join(", ")),
+                ));
+            }
+            None => {
+                return Err(key_error(format!("{table}.provider"), format!("missing; one of {}", P::NAMES.join(", "))));
+            }
+        };
+        let common_keys = TargetSettings::keys();
+        let (common, own): (toml::Table, toml::Table) =
+            keys.into_iter().partition(|(k, _)| common_keys.contains(&k.as_str()));
+        let part = P::read(&provider, own).map_err(|e| e.under(&table))?;
+        let common: TargetSettings<()> = read_table(common).map_err(|e| e.under(&table))?;
+        Ok(common.with_provider(part))
+    }
+
+    fn validate(&self, name: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("targets.{name}.{k}");
+        self.provider.validate(self).map_err(|e| e.under(&format!("targets.{name}")))?;
+        if self.base_url.is_empty() {
+            return Err(key_error(key("base_url"), "missing: the upstream's base URL, e.g. https://acme.eu.auth0.com"));
+        }
+        if !(self.base_url.starts_with("http://") || self.base_url.starts_with("https://")) {
+            return Err(key_error(key("base_url"), format!("{:?} is not an http(s) URL", self.base_url)));
+        }
+        if self.client_secret_env.is_some() && self.client_secret_file.is_some() {
+            return Err(key_error(key("client_secret_env"), "set client_secret_env or client_secret_file, not both"));
+        }
+        if !(self.rate_limit.per_second > 0.0 && self.rate_limit.per_second.is_finite()) {
+            return Err(key_error(key("rate_limit.per_second"), "must be a positive number"));
+        }
+        if self.rate_limit.burst == 0 {
+            return Err(key_error(key("rate_limit.burst"), "must be at least 1"));
+        }
+        if self.timeout_ms == 0 {
+            return Err(key_error(key("timeout_ms"), "must be positive"));
+        }
+        if self.max_in_flight == 0 {
+            return Err(key_error(key("max_in_flight"), "must be at least 1"));
+        }
+        if self.retry.max_attempts == Some(0) {
+            return Err(key_error(key("retry.max_attempts"), "must be at least 1"));
+        }
+        if self.retry.deadline_secs == 0 {
+            return Err(key_error(key("retry.deadline_secs"), "must be positive"));
+        }
+        if self.retry.base_delay_ms == 0 || self.retry.max_delay_ms < self.retry.base_delay_ms {
+            return Err(key_error(key("retry.max_delay_ms"), "needs 0 < base_delay_ms <= max_delay_ms"));
+        }
+        Ok(())
+    }
+}
+
+impl<P: Clone> TargetSettings<P> {
+    /// Loads the secret (from env or file) and gives the target as the worker uses it.
+    fn resolve(&self, name: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Target<P>, ConfigError> {
+        let key = |k: &str| format!("targets.{name}.{k}");
+        let secret = match (&self.client_secret_env, &self.client_secret_file) {
+            (Some(var), _) => env(var)
+                .ok_or_else(|| key_error(key("client_secret_env"), format!("environment variable {var} is not set")))?,
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map(|s| s.trim_end().to_owned())
+                .map_err(|e| key_error(key("client_secret_file"), format!("cannot read {}: {e}", path.display())))?,
+            (None, None) => {
+                return Err(key_error(
+                    key("client_secret_env"),
+                    "a target needs client_secret_env or client_secret_file",
+                ));
+            }
+        };
+        if secret.is_empty() {
+            return Err(key_error(key("client_secret_env"), "the secret is empty"));
+        }
+        Ok(Target {
+            name: name.to_owned(),
+            provider: self.provider.clone(),
+            base_url: self.base_url.trim_end_matches('/').to_owned(),
+            client_id: self.client_id.clone().ok_or_else(|| key_error(key("client_id"), "missing"))?,
+            client_secret: SecretString::from(secret),
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_in_flight: self.max_in_flight,
+            rate_limit: self.rate_limit,
+            retry: self.retry,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -249,19 +534,14 @@ impl Default for RetrySettings {
     }
 }
 
-/// A target after validation: provider kind parsed, secret loaded.
+/// A target after validation, its secret loaded: what the worker and the provider use.
 #[derive(Clone, Debug)]
-pub struct Target {
+pub struct Target<P> {
     pub name: String,
-    pub kind: ProviderKind,
+    /// The provider's own settings.
+    pub provider: P,
+    /// Without a trailing `/`.
     pub base_url: String,
-    /// Explicit token URL; each provider has its own default.
-    pub token_url: Option<String>,
-    pub audience: Option<String>,
-    pub tenant: Option<String>,
-    pub scope: Option<String>,
-    pub resource: Option<String>,
-    pub ownership_attribute: Option<String>,
     pub client_id: String,
     pub client_secret: SecretString,
     pub timeout: Duration,
@@ -270,33 +550,33 @@ pub struct Target {
     pub retry: RetrySettings,
 }
 
-impl Target {
-    /// A target for unit tests of provider code: an unreachable base URL, defaults elsewhere.
-    #[cfg(test)]
-    pub fn for_tests(kind: ProviderKind) -> Target {
-        Target {
-            name: "t".into(),
-            kind,
-            base_url: "http://127.0.0.1:9".into(),
-            token_url: None,
-            audience: None,
-            tenant: None,
-            scope: None,
-            resource: None,
-            ownership_attribute: None,
-            client_id: "c".into(),
-            client_secret: SecretString::from("s"),
-            timeout: Duration::from_secs(1),
-            max_in_flight: 1,
-            rate_limit: RateLimitSettings::default(),
-            retry: RetrySettings::default(),
-        }
+impl<P: ProviderPart> Target<P> {
+    /// The provider's name (`auth0`, `stytch`, ...).
+    pub fn provider_name(&self) -> &'static str {
+        self.provider.name()
     }
 }
 
-impl Settings {
+#[cfg(test)]
+impl<P: Clone> Target<P> {
+    /// A target of `provider` for unit tests of provider code: an unreachable base URL, short
+    /// timeouts, defaults elsewhere.
+    pub fn for_tests(provider: P) -> Target<P> {
+        let settings = TargetSettings {
+            timeout_ms: 1000,
+            max_in_flight: 1,
+            ..TargetSettings::common("http://127.0.0.1:9", "c", "S").with_provider(provider)
+        };
+        settings.resolve("t", &|_| Some("s".into())).expect("a test target resolves")
+    }
+}
+
+impl<P: ProviderPart> Settings<P> {
     /// Loads `path` (if given) and applies the `ORGPROV_*` variables of `env`.
-    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Settings, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings<P>, ConfigError> {
         let mut doc = match path {
             Some(path) => {
                 let text =
@@ -316,153 +596,35 @@ impl Settings {
             }
             set_path(&mut doc, &path, parse_env_value(&value)).map_err(|m| key_error(path.join("."), m))?;
         }
-        let settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(doc)).map_err(|e| {
-            let key = e.path().to_string();
-            key_error(if key == "." { "(root)".into() } else { key }, e.into_inner().to_string())
-        })?;
+        let targets = doc.remove("targets");
+        let mut settings: Settings<P> = read_table(doc).map_err(|e| e.under(""))?;
+        match targets {
+            None => {}
+            Some(toml::Value::Table(targets)) => {
+                for (name, target) in targets {
+                    let target = TargetSettings::read(&name, target)?;
+                    settings.targets.insert(name, target);
+                }
+            }
+            Some(_) => return Err(key_error("targets", "must be a table of targets by name")),
+        }
         settings.validate()?;
         Ok(settings)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let n = &self.nats;
-        if !(n.url.starts_with("nats://") || n.url.starts_with("tls://") || n.url.starts_with("ws")) {
-            return Err(key_error("nats.url", format!("{:?} is not a nats:// or tls:// URL", n.url)));
-        }
-        for (key, v) in [
-            ("nats.requests_stream", &n.requests_stream),
-            ("nats.events_stream", &n.events_stream),
-            ("nats.consumer", &n.consumer),
-        ] {
-            if v.is_empty() || v.chars().any(|c| c.is_whitespace() || matches!(c, '.' | '*' | '>')) {
-                return Err(key_error(key, format!("{v:?} must be non-empty, without spaces, '.', '*' or '>'")));
-            }
-        }
-        if !n.subject_prefix.is_empty() && !n.subject_prefix.ends_with('.') {
-            return Err(key_error("nats.subject_prefix", "must end with '.'"));
-        }
-        if n.ack_wait_secs < 5 {
-            return Err(key_error("nats.ack_wait_secs", "must be at least 5"));
-        }
-        if n.duplicate_window_secs < 600 {
-            return Err(key_error("nats.duplicate_window_secs", "must be at least 600 (10 min)"));
-        }
-        if n.max_ack_pending < 1 {
-            return Err(key_error("nats.max_ack_pending", "must be at least 1"));
-        }
-        if !(self.postgres.url.starts_with("postgres://") || self.postgres.url.starts_with("postgresql://")) {
-            return Err(key_error("postgres.url", "must be a postgres:// URL"));
-        }
-        if self.postgres.max_connections < 2 {
-            return Err(key_error("postgres.max_connections", "must be at least 2"));
-        }
-        let w = &self.worker;
-        if w.max_in_flight == 0 {
-            return Err(key_error("worker.max_in_flight", "must be at least 1"));
-        }
-        if w.lease_secs < 3 {
-            return Err(key_error("worker.lease_secs", "must be at least 3"));
-        }
-        if w.max_attempts == 0 {
-            return Err(key_error("worker.max_attempts", "must be at least 1"));
-        }
-        if w.max_inline_wait_secs * 2 >= n.ack_wait_secs {
-            return Err(key_error("worker.max_inline_wait_secs", "must be under half of nats.ack_wait_secs"));
-        }
-        if !w.admin_addr.is_empty() && w.admin_addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(key_error("worker.admin_addr", format!("{:?} is not host:port", w.admin_addr)));
-        }
-        for (name, t) in &self.targets {
-            let key = |k: &str| format!("targets.{name}.{k}");
-            let Some(kind) = ProviderKind::parse(&t.provider) else {
-                return Err(key_error(
-                    key("provider"),
-                    format!("unknown provider {:?}; known: {}", t.provider, ProviderKind::NAMES.join(", ")),
-                ));
-            };
-            crate::providers::check(kind, t).map_err(|(k, m)| key_error(key(k), m))?;
-            if !(t.base_url.starts_with("http://") || t.base_url.starts_with("https://")) {
-                return Err(key_error(key("base_url"), format!("{:?} is not an http(s) URL", t.base_url)));
-            }
-            if t.client_secret_env.is_some() && t.client_secret_file.is_some() {
-                return Err(key_error(
-                    key("client_secret_env"),
-                    "set client_secret_env or client_secret_file, not both",
-                ));
-            }
-            if !(t.rate_limit.per_second > 0.0 && t.rate_limit.per_second.is_finite()) {
-                return Err(key_error(key("rate_limit.per_second"), "must be a positive number"));
-            }
-            if t.rate_limit.burst == 0 {
-                return Err(key_error(key("rate_limit.burst"), "must be at least 1"));
-            }
-            if t.timeout_ms == 0 {
-                return Err(key_error(key("timeout_ms"), "must be positive"));
-            }
-            if t.max_in_flight == 0 {
-                return Err(key_error(key("max_in_flight"), "must be at least 1"));
-            }
-            if t.retry.max_attempts == Some(0) {
-                return Err(key_error(key("retry.max_attempts"), "must be at least 1"));
-            }
-            if t.retry.deadline_secs == 0 {
-                return Err(key_error(key("retry.deadline_secs"), "must be positive"));
-            }
-            if t.retry.base_delay_ms == 0 || t.retry.max_delay_ms < t.retry.base_delay_ms {
-                return Err(key_error(key("retry.max_delay_ms"), "needs 0 < base_delay_ms <= max_delay_ms"));
-            }
-        }
-        Ok(())
+        self.nats.validate()?;
+        self.postgres.validate()?;
+        self.worker.validate(&self.nats)?;
+        self.targets.iter().try_for_each(|(name, target)| target.validate(name))
     }
 
-    /// Resolves every target: parses its kind and loads its secret (from env or file).
-    pub fn resolve_targets(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Target>, ConfigError> {
-        self.targets
-            .iter()
-            .map(|(name, t)| {
-                let key = |k: &str| format!("targets.{name}.{k}");
-                let kind =
-                    ProviderKind::parse(&t.provider).ok_or_else(|| key_error(key("provider"), "unknown provider"))?;
-                let secret = match (&t.client_secret_env, &t.client_secret_file) {
-                    (Some(var), _) => env(var).ok_or_else(|| {
-                        key_error(key("client_secret_env"), format!("environment variable {var} is not set"))
-                    })?,
-                    (None, Some(path)) => {
-                        std::fs::read_to_string(path).map(|s| s.trim_end().to_owned()).map_err(|e| {
-                            key_error(key("client_secret_file"), format!("cannot read {}: {e}", path.display()))
-                        })?
-                    }
-                    (None, None) => {
-                        return Err(key_error(
-                            key("client_secret_env"),
-                            "a target needs client_secret_env or client_secret_file",
-                        ));
-                    }
-                };
-                if secret.is_empty() {
-                    return Err(key_error(key("client_secret_env"), "the secret is empty"));
-                }
-                let client_id = t.client_id.clone().ok_or_else(|| key_error(key("client_id"), "missing"))?;
-                let base = t.base_url.trim_end_matches('/').to_owned();
-                Ok(Target {
-                    name: name.clone(),
-                    kind,
-                    token_url: t.token_url.clone(),
-                    audience: t.audience.clone(),
-                    tenant: t.tenant.clone(),
-                    scope: t.scope.clone(),
-                    resource: t.resource.clone(),
-                    ownership_attribute: t.ownership_attribute.clone(),
-                    base_url: base,
-                    client_id,
-                    client_secret: SecretString::from(secret),
-                    timeout: Duration::from_millis(t.timeout_ms),
-                    max_in_flight: t.max_in_flight,
-                    rate_limit: t.rate_limit,
-                    retry: t.retry,
-                })
-            })
-            .collect()
+    /// Resolves every target: loads its secret (from env or file).
+    pub fn resolve_targets(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<Target<P>>, ConfigError>
+    where
+        P: Clone,
+    {
+        self.targets.iter().map(|(name, t)| t.resolve(name, env)).collect()
     }
 }
 
@@ -510,7 +672,58 @@ fn set_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Res
 mod tests {
     use super::*;
 
-    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    /// Two made-up providers: `plain` has no keys of its own; `tenanted` has `tenant`, which
+    /// its start-up check requires, and `scope`, which defaults.
+    #[derive(Clone, Debug, PartialEq)]
+    enum Part {
+        Plain(Plain),
+        Tenanted(Tenanted),
+    }
+
+    #[derive(Clone, Debug, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Plain {}
+
+    #[derive(Clone, Debug, PartialEq, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Tenanted {
+        tenant: String,
+        scope: String,
+    }
+
+    impl Default for Tenanted {
+        fn default() -> Self {
+            Tenanted { tenant: String::new(), scope: "all".into() }
+        }
+    }
+
+    impl ProviderPart for Part {
+        const NAMES: &'static [&'static str] = &["plain", "tenanted"];
+
+        fn read(name: &str, keys: toml::Table) -> Result<Self, KeyError> {
+            match name {
+                "plain" => read_provider_keys(name, keys).map(Part::Plain),
+                _ => read_provider_keys(name, keys).map(Part::Tenanted),
+            }
+        }
+
+        fn name(&self) -> &'static str {
+            match self {
+                Part::Plain(_) => "plain",
+                Part::Tenanted(_) => "tenanted",
+            }
+        }
+
+        fn validate(&self, target: &TargetSettings<Self>) -> Result<(), KeyError> {
+            match self {
+                Part::Tenanted(t) if t.tenant.is_empty() => Err(KeyError::new("tenant", "required")),
+                _ if target.client_id.is_none() => Err(KeyError::new("client_id", "required")),
+                _ => Ok(()),
+            }
+        }
+    }
+
+    fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings<Part>, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("orgprov.toml");
         std::fs::write(&path, text).unwrap();
@@ -521,37 +734,38 @@ mod tests {
         load(text, env).unwrap_err().to_string()
     }
 
-    const TARGET: &str = "[targets.acme]\nprovider = \"auth0\"\nbase_url = \"https://acme.auth0.com\"\nclient_id = \"id\"\nclient_secret_env = \"ACME_SECRET\"\n";
-
-    #[test]
-    fn the_shipped_example_configs_load() {
-        for file in ["deploy/orgprov.example.toml", "deploy/orgprov.compose.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-            let s = Settings::load(Some(&path), Vec::new()).unwrap_or_else(|e| panic!("{file}: {e}"));
-            assert!(!s.targets.is_empty(), "{file}");
-        }
-    }
+    const TARGET: &str = "[targets.acme]\nprovider = \"plain\"\nbase_url = \"https://acme.example\"\n\
+                          client_id = \"id\"\nclient_secret_env = \"ACME_SECRET\"\n";
+    const TENANTED: &str = "[targets.acme]\nprovider = \"tenanted\"\nbase_url = \"https://acme.example\"\n\
+                            client_id = \"id\"\nclient_secret_env = \"ACME_SECRET\"\ntenant = \"t1\"\n";
 
     #[test]
     fn defaults_load_without_a_file() {
-        let s = Settings::load(None, Vec::new()).unwrap();
+        let s = Settings::<Part>::load(None, Vec::new()).unwrap();
         assert_eq!(s.nats.requests_subject(), "org.provision.requested");
         assert_eq!(s.worker.max_in_flight, 256);
+        assert!(s.targets.is_empty());
     }
 
     #[test]
     fn env_overrides_the_file() {
         let s = load(
-            TARGET,
+            TENANTED,
             &[
                 ("ORGPROV_NATS__URL", "nats://10.0.0.1:4222"),
                 ("ORGPROV_TARGETS__ACME__RATE_LIMIT__PER_SECOND", "2.5"),
+                ("ORGPROV_TARGETS__ACME__TENANT", "t2"),
+                ("ORGPROV_TARGETS__ACME__SCOPE", "manage"),
                 ("ORGPROV_WORKER__MAX_IN_FLIGHT", "9"),
             ],
         )
         .unwrap();
         assert_eq!(s.nats.url, "nats://10.0.0.1:4222");
         assert_eq!(s.targets["acme"].rate_limit.per_second, 2.5);
+        assert_eq!(
+            s.targets["acme"].provider,
+            Part::Tenanted(Tenanted { tenant: "t2".into(), scope: "manage".into() })
+        );
         assert_eq!(s.worker.max_in_flight, 9);
         // Variables that name no section are not configuration (secrets, log settings).
         assert!(load("", &[("ORGPROV_ACME_SECRET", "x"), ("ORGPROV_LOG", "debug")]).is_ok());
@@ -563,15 +777,61 @@ mod tests {
         assert!(err("[worker]\nmax_in_flight = 0\n", &[]).contains("`worker.max_in_flight`"));
         assert!(err("[nats]\nurl = \"http://x\"\n", &[]).contains("`nats.url`"));
         assert!(err("[nats]\nduplicate_window_secs = 60\n", &[]).contains("`nats.duplicate_window_secs`"));
-        assert!(err("[worker]\ncolour = 1\n", &[]).contains("colour"));
-        assert!(err(&TARGET.replace("auth0\"", "okta\""), &[]).contains("`targets.acme.provider`"));
+        assert!(err("[worker]\ncolour = 1\n", &[]).contains("`worker.colour`"));
+        assert!(err("[postgres]\nmax_connections = 1\n", &[]).contains("`postgres.max_connections`"));
+        assert!(err("[worker]\nmax_inline_wait_secs = 30\n", &[]).contains("`worker.max_inline_wait_secs`"));
+        assert!(err("targets = 1\n", &[]).contains("`targets`"));
+        assert!(err("[targets]\nacme = 1\n", &[]).contains("`targets.acme`"));
         assert!(
             err(&format!("{TARGET}[targets.acme.rate_limit]\nburst = 0\n"), &[])
                 .contains("`targets.acme.rate_limit.burst`")
         );
+        assert!(err(&format!("{TARGET}timeout_ms = \"soon\"\n"), &[]).contains("`targets.acme.timeout_ms`"));
+        assert!(err(&TARGET.replace("https:", "ftp:"), &[]).contains("`targets.acme.base_url`"));
+        assert!(err(&TARGET.replace("base_url", "# base_url"), &[]).contains("`targets.acme.base_url`: missing"));
         assert!(err("", &[("ORGPROV_POSTGRES__URL", "mysql://x")]).contains("`postgres.url`"));
         assert!(err("", &[("ORGPROV_WORKER__NOPE", "1")]).contains("nope"));
         assert!(err("[worker\n", &[]).contains("not valid TOML"));
+    }
+
+    #[test]
+    fn the_provider_key_picks_the_provider_and_must_be_known() {
+        let e = err(&TARGET.replace("\"plain\"", "\"okta\""), &[]);
+        assert!(e.contains("`targets.acme.provider`") && e.contains("plain, tenanted"), "{e}");
+        assert!(err(&TARGET.replace("provider = \"plain\"", "provider = 5"), &[]).contains("`targets.acme.provider`"));
+        assert!(err(&TARGET.replace("provider", "# provider"), &[]).contains("`targets.acme.provider`: missing"));
+        assert_eq!(load(TARGET, &[]).unwrap().targets["acme"].provider, Part::Plain(Plain {}));
+    }
+
+    #[test]
+    fn a_key_of_another_provider_is_refused_by_its_full_path_with_the_keys_the_provider_takes() {
+        let e = err(&format!("{TARGET}tenant = \"t1\"\n"), &[]);
+        assert!(e.starts_with("config key `targets.acme.tenant`: not a key for provider plain"), "{e}");
+        assert!(e.contains("its targets take only the keys of every target (provider, base_url, client_id"), "{e}");
+        let e = err(&format!("{TENANTED}audience = \"x\"\n"), &[]);
+        assert!(e.starts_with("config key `targets.acme.audience`: not a key for provider tenanted"), "{e}");
+        assert!(e.contains("its targets take tenant, scope and the keys of every target (provider, "), "{e}");
+        let e = err(&format!("{TENANTED}scope = 3\n"), &[]);
+        assert!(e.contains("`targets.acme.scope`: invalid type: integer `3`, expected a string"), "{e}");
+    }
+
+    #[test]
+    fn provider_checks_run_at_load_and_name_their_key() {
+        assert_eq!(err(&TENANTED.replace("tenant = \"t1\"\n", ""), &[]), "config key `targets.acme.tenant`: required");
+        assert_eq!(
+            err(&TARGET.replace("client_id = \"id\"\n", ""), &[]),
+            "config key `targets.acme.client_id`: required"
+        );
+        let s = load(TENANTED, &[]).unwrap();
+        assert_eq!(s.targets["acme"].provider, Part::Tenanted(Tenanted { tenant: "t1".into(), scope: "all".into() }));
+    }
+
+    #[test]
+    fn targets_built_in_code_take_the_defaults() {
+        let t = TargetSettings::<Part>::new("tenanted", "https://x.example", "id", "VAR");
+        assert_eq!(t.provider, Part::Tenanted(Tenanted::default()));
+        assert_eq!((t.timeout_ms, t.max_in_flight, t.client_secret_file), (10_000, 64, None));
+        assert_eq!(TargetSettings::keys().len(), 8);
     }
 
     #[test]
@@ -580,7 +840,8 @@ mod tests {
         let e = s.resolve_targets(&|_| None).unwrap_err().to_string();
         assert!(e.contains("`targets.acme.client_secret_env`") && e.contains("ACME_SECRET"), "{e}");
         let targets = s.resolve_targets(&|v| (v == "ACME_SECRET").then(|| "s3cret".to_string())).unwrap();
-        assert_eq!(targets[0].base_url, "https://acme.auth0.com");
+        assert_eq!(targets[0].base_url, "https://acme.example");
+        assert_eq!(targets[0].provider_name(), "plain");
         assert!(!format!("{:?}", targets[0]).contains("s3cret"), "secrets must not appear in Debug output");
     }
 }

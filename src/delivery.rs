@@ -85,7 +85,7 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    pub fn new(target: &Target, admission: Arc<dyn Admission>, max_wait: Duration) -> anyhow::Result<Delivery> {
+    pub fn new<P>(target: &Target<P>, admission: Arc<dyn Admission>, max_wait: Duration) -> anyhow::Result<Delivery> {
         crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(target.timeout)
@@ -98,7 +98,7 @@ impl Delivery {
 
     /// A delivery without any rate limit, for unit tests of provider code.
     #[cfg(test)]
-    pub fn unlimited(target: &Target) -> Arc<Delivery> {
+    pub fn unlimited<P>(target: &Target<P>) -> Arc<Delivery> {
         Arc::new(Delivery::new(target, Arc::new(Unlimited), Duration::from_secs(1)).expect("test client builds"))
     }
 

@@ -18,8 +18,9 @@ use futures::{Stream, StreamExt};
 use orgprov_sim::{Faults, RateLimit, Simulator, SimulatorConfig};
 use serde_json::{Value, json};
 
-use crate::config::{RateLimitSettings, RetrySettings, Settings, TargetSettings};
+use crate::config::{RateLimitSettings, RetrySettings, TargetSettings};
 use crate::contract::{self, FAILED_TYPE, PROVISIONED_TYPE};
+use crate::providers::Settings;
 use crate::template::Templates;
 use crate::worker::{Worker, WorkerHandle};
 

@@ -4,7 +4,7 @@
 //!   `{base_url}/ums/v2/services/accessToken`) and `{id, secretKey}`. The answer names an absolute
 //!   `accessTokenExpiration` (ISO-8601), not a lifetime: it is turned into one against the
 //!   response's `Date` header (server time), one second shorter because `Date` only has whole
-//!   seconds, and the shared [`TokenCache`] refreshes ahead of that. A 401 refreshes once.
+//!   seconds, and the shared token cache refreshes ahead of that. A 401 refreshes once.
 //! - Create: `POST /organization/v1/organizations/templates/{templateName}` with
 //!   `x-execution-mode: sync`, so the admin user and template work are done when 201 arrives.
 //!   The prepared body is stored as `{"template_name", "organization"}`: the template name is
@@ -39,11 +39,14 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::token::TokenCache;
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
-use crate::config::{Target, TargetSettings};
+use super::rules::{known_settings, length, tag_free};
+use super::token::{BearerAuth, Grant};
+use super::upstream::{Answers, create_request, text_at};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys};
+use crate::config::KeyError;
 use crate::contract::{ErrorCode, RequestId};
 use crate::delivery::{Delivery, Response};
 use crate::template::OrgSpec;
@@ -54,9 +57,6 @@ const DESCRIPTION_MAX: usize = 5000;
 /// Used when a token answer carries no readable expiry: short, so a wrong guess costs little
 /// (the 401 path refreshes anyway).
 const FALLBACK_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
-/// Longer claimed lifetimes are cut to a day: refreshing early is harmless, while an absurd
-/// expiry from upstream must not overflow the cache's clock arithmetic.
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
 const SETTINGS: &[&str] = &["template_name", "headquarters", "timezone", "locale", "phone", "admin_employee_id"];
 const HEADQUARTERS: &[(&str, &str)] = &[
     ("country_code", "countryCode"),
@@ -79,66 +79,77 @@ const COUNTRY_CODES: &str = "\
     SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI \
     VN VU WF WS YE YT ZA ZM ZW";
 
-/// BioT needs the service user's id; `ownership_attribute`, when set, must be a name a BioT
-/// template can define as a custom attribute.
-pub fn check(target: &TargetSettings) -> Result<(), (&'static str, String)> {
-    if target.client_id.as_deref().is_none_or(str::is_empty) {
-        return Err(("client_id", "BioT needs the service user's id (the `id` of its access-token login)".into()));
-    }
-    if let Some(attribute) = &target.ownership_attribute
-        && !is_attribute_name(attribute)
-    {
-        return Err((
-            "ownership_attribute",
-            format!(
-                "{attribute:?} is not a BioT custom attribute name: a letter, then letters, digits or '_' \
-                 (the '_' prefix is reserved for built-in attributes)"
-            ),
-        ));
-    }
-    Ok(())
+/// The keys of a BioT target besides those of every target.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The string custom attribute of the BioT organization template that holds our
+    /// request_id; default `orgprov_request_id`.
+    pub ownership_attribute: String,
+    /// Service-user login endpoint; default `{base_url}/ums/v2/services/accessToken`.
+    pub token_url: Option<String>,
 }
 
-pub struct Biot {
-    base_url: String,
-    token_url: String,
-    client_id: String,
-    client_secret: SecretString,
-    attribute: String,
-    delivery: Arc<Delivery>,
-    tokens: TokenCache,
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { ownership_attribute: DEFAULT_TAG.into(), token_url: None }
+    }
 }
 
-impl Biot {
-    pub fn new(target: &Target, delivery: Arc<Delivery>) -> Biot {
-        Biot {
-            base_url: target.base_url.clone(),
-            token_url: target
-                .token_url
-                .clone()
-                .unwrap_or_else(|| format!("{}/ums/v2/services/accessToken", target.base_url)),
-            client_id: target.client_id.clone(),
-            client_secret: target.client_secret.clone(),
-            attribute: target.ownership_attribute.clone().unwrap_or_else(|| DEFAULT_TAG.to_owned()),
-            delivery,
-            tokens: TokenCache::default(),
+impl TargetKeys for Settings {
+    const CLIENT_ID: &'static str = "BioT needs the service user's id (the `id` of its access-token login)";
+
+    /// `ownership_attribute` must be a name a BioT template can define as a custom attribute.
+    fn validate(&self) -> Result<(), KeyError> {
+        if !is_attribute_name(&self.ownership_attribute) {
+            return Err(KeyError::new(
+                "ownership_attribute",
+                format!(
+                    "{:?} is not a BioT custom attribute name: a letter, then letters, digits or '_' \
+                     (the '_' prefix is reserved for built-in attributes)",
+                    self.ownership_attribute
+                ),
+            ));
         }
+        Ok(())
     }
+}
 
-    async fn fetch_token(&self) -> Result<(SecretString, Duration), CallError> {
-        let body = json!({ "id": self.client_id, "secretKey": self.client_secret.expose_secret() });
-        let request = self.delivery.client().post(&self.token_url).json(&body);
-        let response = self
-            .delivery
+/// BioT error bodies: `{code, message, serviceName, traceId, environment, details}`.
+const ANSWERS: Answers = Answers {
+    upstream: "BioT",
+    created_id: "/_id",
+    code: Some("code"),
+    message: &["message"],
+    details: &["code", "traceId", "details"],
+};
+
+/// The service user's login: `POST {token_url}` with `{id, secretKey}`; the answer names an
+/// absolute `accessTokenExpiration`, read against the answer's `Date`.
+struct ServiceLogin {
+    token_url: String,
+    id: String,
+    secret_key: SecretString,
+}
+
+impl Grant for ServiceLogin {
+    async fn fetch(&self, delivery: &Delivery) -> Result<(SecretString, Duration), CallError> {
+        let body = json!({ "id": self.id, "secretKey": self.secret_key.expose_secret() });
+        let request = delivery.client().post(&self.token_url).json(&body);
+        let response = delivery
             .send_unlimited(request)
             .await
             .map_err(|e| CallError::from_send(e, "BioT service login").for_lookup())?;
         if !matches!(response.status, 200 | 201) {
             // 403 LOGIN_FAILED (wrong id/secret) and 401 SERVICE_LOCKED both mean our
             // credentials are not accepted; retrying cannot fix either.
-            let message = format!("BioT service login answered {}: {}", response.status, error_text(&response));
-            let mut e = CallError::token_refused(&response, message, false);
-            e.details = error_details(&response);
+            let text = ANSWERS.error_text(&response);
+            let mut e = CallError::token_refused(
+                &response,
+                format!("BioT service login answered {}: {text}", response.status),
+                false,
+            );
+            e.details = ANSWERS.error_details(&response);
             return Err(e);
         }
         let v = response.json().unwrap_or(Value::Null);
@@ -151,46 +162,47 @@ impl Biot {
             .and_then(|d| d.to_str().ok())
             .and_then(|d| httpdate::parse_http_date(d).ok())
             .unwrap_or_else(SystemTime::now);
-        let lifetime = match v.get("accessTokenExpiration").and_then(Value::as_str) {
-            Some(expiration) => token_lifetime(expiration, server_now),
-            None => None,
-        };
+        let lifetime =
+            v.get("accessTokenExpiration").and_then(Value::as_str).and_then(|e| token_lifetime(e, server_now));
         let lifetime = lifetime.unwrap_or_else(|| {
             tracing::warn!("BioT token answer has no readable accessTokenExpiration; assuming one minute");
             FALLBACK_TOKEN_LIFETIME
         });
-        Ok((SecretString::from(token.to_owned()), lifetime.min(MAX_TOKEN_LIFETIME)))
+        Ok((SecretString::from(token.to_owned()), lifetime))
     }
+}
 
-    /// Sends an authorized call; a 401 (`TOKEN_NOT_VALID`) refreshes the token once and resends.
-    async fn call(&self, build: impl Fn(&str) -> reqwest::RequestBuilder, what: &str) -> Result<Response, CallError> {
-        self.tokens.send_authorized(&self.delivery, || self.fetch_token(), build, what).await
-    }
+pub struct Biot {
+    base_url: String,
+    attribute: String,
+    delivery: Arc<Delivery>,
+    auth: BearerAuth<ServiceLogin>,
+}
 
-    fn classify(&self, response: &Response, what: &str) -> CallError {
-        let mut e = CallError::from_status(
-            response,
-            format!("{what}: BioT answered {}: {}", response.status, error_text(response)),
-        );
-        e.details = error_details(response);
-        e
+impl Biot {
+    pub fn new(target: &Target, settings: &Settings, delivery: Arc<Delivery>) -> Biot {
+        let base_url = &target.base_url;
+        let login = ServiceLogin {
+            token_url: settings.token_url.clone().unwrap_or_else(|| format!("{base_url}/ums/v2/services/accessToken")),
+            id: target.client_id.clone(),
+            secret_key: target.client_secret.clone(),
+        };
+        Biot {
+            base_url: base_url.clone(),
+            attribute: settings.ownership_attribute.clone(),
+            delivery,
+            auth: BearerAuth::new(login),
+        }
     }
 
     /// Searches by `_name`; the first hit decides (names are unique in BioT).
     async fn lookup(&self, name: &str, request_id: &RequestId) -> Result<Lookup, CallError> {
         let url = format!("{}/organization/v1/organizations", self.base_url);
         let search = json!({ "filter": { "_name": { "eq": name } }, "limit": 1 }).to_string();
-        let response = self
-            .call(
-                |auth| {
-                    self.delivery.client().get(&url).query(&[("searchRequest", &search)]).header("authorization", auth)
-                },
-                "look up organization",
-            )
-            .await
-            .map_err(CallError::for_lookup)?;
+        let what = "look up organization";
+        let response = self.auth.get(&self.delivery, &url, &[("searchRequest", &search)], what).await?;
         if response.status != 200 {
-            return Err(self.classify(&response, "look up organization").for_lookup());
+            return Err(ANSWERS.classify(&response, what).for_lookup());
         }
         let Some(data) = response.json().and_then(|v| v.get("data").and_then(Value::as_array).cloned()) else {
             return Err(CallError::new(
@@ -238,7 +250,7 @@ impl Biot {
                          (EMAIL_ALREADY_EXIST); no organization {name:?} of ours exists"
                     ),
                 );
-                e.details = error_details(response);
+                e.details = ANSWERS.error_details(response);
                 Err(e)
             }
             Err(mut e) => {
@@ -264,32 +276,8 @@ pub fn token_lifetime(expiration: &str, server_now: SystemTime) -> Option<Durati
     Some(left.saturating_sub(Duration::from_secs(1)))
 }
 
-/// BioT error bodies: `{code, message, serviceName, traceId, environment, details}`.
-fn error_text(response: &Response) -> String {
-    match response.json() {
-        Some(v) => {
-            let code = v.get("code").and_then(Value::as_str).unwrap_or("no code");
-            let message = v.get("message").and_then(Value::as_str).unwrap_or("no message");
-            format!("{code}: {message}")
-        }
-        None => String::from_utf8_lossy(&response.body[..response.body.len().min(200)]).into_owned(),
-    }
-}
-
 fn error_code(response: &Response) -> Option<String> {
     response.json().and_then(|v| v.get("code").and_then(Value::as_str).map(str::to_owned))
-}
-
-/// What an `org.failed` event may carry of a BioT error: its code, trace id and details.
-fn error_details(response: &Response) -> Option<Value> {
-    let v = response.json()?;
-    let mut details = Map::new();
-    for key in ["code", "traceId", "details"] {
-        if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
-            details.insert(key.to_owned(), x.clone());
-        }
-    }
-    (!details.is_empty()).then_some(Value::Object(details))
 }
 
 /// A BioT custom attribute name: built-in attributes own the `_` prefix.
@@ -383,9 +371,7 @@ impl Provider for Biot {
     }
 
     fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
-        if let Some(unknown) = spec.settings.keys().find(|k| !SETTINGS.contains(&k.as_str())) {
-            return Err(format!("template setting biot.{unknown} is not supported (known: {})", SETTINGS.join(", ")));
-        }
+        known_settings(&spec.settings, "biot", SETTINGS)?;
         let template_name = match setting_text(spec, "template_name")? {
             Some(t) if !t.trim().is_empty() => t.to_owned(),
             _ => {
@@ -402,12 +388,7 @@ impl Provider for Biot {
         let mut org = Map::new();
         org.insert("_name".into(), json!(spec.name));
         if let Some(d) = &spec.description {
-            if d.chars().count() > DESCRIPTION_MAX {
-                return Err(format!(
-                    "organization.description has {} characters; BioT allows {DESCRIPTION_MAX}",
-                    d.chars().count()
-                ));
-            }
+            length("organization.description", d, 0..=DESCRIPTION_MAX, "BioT")?;
             org.insert("_description".into(), json!(d));
         }
 
@@ -481,15 +462,13 @@ impl Provider for Biot {
             org.insert("_phone".into(), json!(phone));
         }
 
+        tag_free(&spec.metadata, &self.attribute)?;
         for (k, v) in &spec.metadata {
             if !is_attribute_name(k) {
                 return Err(format!(
                     "organization.metadata.{k} cannot be a BioT custom attribute: names start with a letter and \
                      hold letters, digits and '_'"
                 ));
-            }
-            if *k == self.attribute {
-                return Err(format!("organization.metadata.{k} is reserved for orgprov's ownership tag"));
             }
             let Value::String(_) = v else {
                 return Err(format!("organization.metadata.{k} must be a string for BioT"));
@@ -498,10 +477,6 @@ impl Provider for Biot {
         }
         org.insert(self.attribute.clone(), json!(request_id.as_str()));
         Ok(json!({ "template_name": template_name, "organization": Value::Object(org) }))
-    }
-
-    fn natural_key(&self, body: &Value) -> String {
-        body.pointer("/organization/_name").and_then(Value::as_str).unwrap_or_default().to_owned()
     }
 
     fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>> {
@@ -517,35 +492,15 @@ impl Provider for Biot {
             };
             let url =
                 format!("{}/organization/v1/organizations/templates/{}", self.base_url, urlencoding::encode(template));
-            let response = self
-                .call(
-                    |auth| {
-                        self.delivery
-                            .client()
-                            .post(&url)
-                            .header("authorization", auth)
-                            .header("x-execution-mode", "sync")
-                            .header("idempotency-key", request_id.as_str())
-                            .json(org)
-                    },
-                    "create organization",
-                )
-                .await?;
+            let what = "create organization";
+            let build = || create_request(&self.delivery, &url, org, request_id).header("x-execution-mode", "sync");
+            let response = self.auth.send(&self.delivery, build, what).await?;
             match response.status {
-                200 | 201 => match response.json().as_ref().and_then(|v| v.get("_id")).and_then(Value::as_str) {
-                    Some(id) => Ok(Created::New { id: id.to_owned(), status: response.status }),
-                    None => Err(CallError::new(
-                        ErrorClass::Ambiguous,
-                        Some(response.status),
-                        "BioT answered 2xx without an organization _id",
-                    )),
-                },
                 409 if error_code(&response).as_deref() == Some("EMAIL_ALREADY_EXIST") => {
                     self.email_conflict(body, request_id, &response).await
                 }
                 // ORGANIZATION_ALREADY_EXIST (or an undocumented 409): the name lookup decides.
-                409 => Ok(Created::Conflict { status: 409 }),
-                _ => Err(self.classify(&response, "create organization")),
+                _ => ANSWERS.create_answer(&response),
             }
         }
         .boxed()
@@ -554,55 +509,41 @@ impl Provider for Biot {
     fn find<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Lookup, CallError>> {
         async move { self.lookup(&self.natural_key(body), request_id).await }.boxed()
     }
+
+    fn natural_key(&self, body: &Value) -> String {
+        text_at(body, "/organization/_name")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{Admin, Branding};
-    use std::collections::BTreeMap;
+    use crate::contract::Admin;
+    use crate::providers::testing::{assert_refused, spec, with};
 
     fn biot(attribute: Option<&str>) -> Biot {
-        let target =
-            Target { ownership_attribute: attribute.map(str::to_owned), ..Target::for_tests(ProviderKind::Biot) };
-        Biot::new(&target, Delivery::unlimited(&target))
+        let mut settings = Settings::default();
+        if let Some(attribute) = attribute {
+            settings.ownership_attribute = attribute.into();
+        }
+        let target = Target::for_tests(settings.clone().into());
+        Biot::new(&target, &settings, Delivery::unlimited(&target))
     }
 
-    fn admin() -> Admin {
-        Admin {
-            email: Some("ada@example.com".into()),
-            first_name: Some("Ada".into()),
-            last_name: Some("Lovelace".into()),
-            phone: None,
-            locale: Some("en_US".into()),
-        }
-    }
-
-    fn spec() -> OrgSpec {
-        OrgSpec {
-            name: "Example Inc.".into(),
-            display_name: Some("ignored".into()),
-            description: Some("Lorem Ipsum".into()),
-            email: None,
-            parent_id: None,
-            domains: vec![],
-            metadata: BTreeMap::from([("plan".into(), json!("gold"))]),
-            branding: Branding::default(),
-            admin: Some(admin()),
-            settings: BTreeMap::from([
-                ("template_name".into(), json!("Clinic")),
-                ("headquarters".into(), json!({"country_code": "US", "city": "Boston"})),
-                ("timezone".into(), json!("Europe/Oslo")),
-            ]),
-            template: "biot-standard".into(),
-            template_version: "1".into(),
-        }
+    fn clinic() -> OrgSpec {
+        spec(json!({
+            "name": "Example Inc.", "display_name": "ignored", "description": "Lorem Ipsum",
+            "metadata": { "plan": "gold" },
+            "admin": { "email": "ada@example.com", "first_name": "Ada", "last_name": "Lovelace", "locale": "en_US" },
+            "settings": { "template_name": "Clinic", "headquarters": { "country_code": "US", "city": "Boston" },
+                          "timezone": "Europe/Oslo" },
+        }))
     }
 
     #[test]
     fn body_has_the_documented_shape_with_our_attribute() {
         let id = RequestId::parse("req-1").unwrap();
-        let body = biot(None).prepare(&spec(), &id).unwrap();
+        let body = biot(None).prepare(&clinic(), &id).unwrap();
         assert_eq!(
             body,
             json!({"template_name": "Clinic", "organization": {
@@ -614,54 +555,31 @@ mod tests {
                 "plan": "gold", "orgprov_request_id": "req-1"}})
         );
         assert_eq!(biot(None).natural_key(&body), "Example Inc.");
-        let custom = biot(Some("crmRequest")).prepare(&spec(), &id).unwrap();
+        let custom = biot(Some("crmRequest")).prepare(&clinic(), &id).unwrap();
         assert_eq!(custom["organization"]["crmRequest"], "req-1");
         assert!(custom["organization"].get(DEFAULT_TAG).is_none());
     }
 
     #[test]
     fn admin_and_template_name_are_required_and_limits_are_checked() {
-        let id = RequestId::parse("req-1").unwrap();
         let b = biot(None);
-        let mut s = spec();
-        s.admin = None;
-        assert!(b.prepare(&s, &id).unwrap_err().contains("admin is required"));
-        let mut s = spec();
-        s.admin.as_mut().unwrap().last_name = Some(" ".into());
-        assert!(b.prepare(&s, &id).unwrap_err().contains("admin.last_name"));
-        let mut s = spec();
-        s.admin.as_mut().unwrap().email = Some("not-an-email".into());
-        assert!(b.prepare(&s, &id).unwrap_err().contains("admin.email"));
-        let mut s = spec();
-        s.settings.remove("template_name");
-        assert!(b.prepare(&s, &id).unwrap_err().contains("template_name"));
-        let mut s = spec();
-        s.description = Some("x".repeat(5001));
-        assert!(b.prepare(&s, &id).unwrap_err().contains("5000"));
-        let mut s = spec();
-        s.settings.insert("headquarters".into(), json!({"country_code": "XX"}));
-        assert!(b.prepare(&s, &id).unwrap_err().contains("ISO-3166"));
-        let mut s = spec();
-        s.settings.insert("headquarters".into(), json!({"city": "Boston"}));
-        assert!(b.prepare(&s, &id).unwrap_err().contains("country_code"));
-        let mut s = spec();
-        s.admin.as_mut().unwrap().locale = Some("english".into());
-        assert!(b.prepare(&s, &id).unwrap_err().contains("admin.locale"));
-        let mut s = spec();
-        s.admin.as_mut().unwrap().phone = Some("555-1234".into());
-        assert!(b.prepare(&s, &id).unwrap_err().contains("E.164"));
-        let mut s = spec();
-        s.metadata.insert("_name".into(), json!("x"));
-        assert!(b.prepare(&s, &id).unwrap_err().contains("organization.metadata._name"));
-        let mut s = spec();
-        s.metadata.insert("count".into(), json!(3));
-        assert!(b.prepare(&s, &id).unwrap_err().contains("must be a string"));
-        let mut s = spec();
-        s.metadata.insert(DEFAULT_TAG.into(), json!("forged"));
-        assert!(b.prepare(&s, &id).unwrap_err().contains("reserved"));
-        let mut s = spec();
-        s.settings.insert("colour".into(), json!("red"));
-        assert!(b.prepare(&s, &id).unwrap_err().contains("biot.colour"));
+        let changed = |change: fn(&mut OrgSpec)| with(&clinic(), change);
+        let admin = |change: fn(&mut Admin)| with(&clinic(), |s| change(s.admin.as_mut().unwrap()));
+        assert_refused(&b, &changed(|s| s.admin = None), "admin is required");
+        assert_refused(&b, &admin(|a| a.last_name = Some(" ".into())), "admin.last_name");
+        assert_refused(&b, &admin(|a| a.email = Some("not-an-email".into())), "admin.email");
+        assert_refused(&b, &admin(|a| a.locale = Some("english".into())), "admin.locale");
+        assert_refused(&b, &admin(|a| a.phone = Some("555-1234".into())), "E.164");
+        assert_refused(&b, &changed(|s| _ = s.settings.remove("template_name")), "template_name");
+        assert_refused(&b, &changed(|s| s.description = Some("x".repeat(5001))), "5000");
+        let setting = |key: &str, value: Value| with(&clinic(), |s| _ = s.settings.insert(key.into(), value));
+        assert_refused(&b, &setting("headquarters", json!({"country_code": "XX"})), "ISO-3166");
+        assert_refused(&b, &setting("headquarters", json!({"city": "Boston"})), "country_code");
+        assert_refused(&b, &setting("colour", json!("red")), "biot.colour");
+        let metadata = |key: &str, value: Value| with(&clinic(), |s| _ = s.metadata.insert(key.into(), value));
+        assert_refused(&b, &metadata("_name", json!("x")), "organization.metadata._name");
+        assert_refused(&b, &metadata("count", json!(3)), "must be a string");
+        assert_refused(&b, &metadata(DEFAULT_TAG, json!("forged")), "reserved");
     }
 
     #[test]
@@ -688,9 +606,8 @@ mod tests {
         assert!(is_e164("+4712345678") && !is_e164("+0123") && !is_e164("12345"));
         assert!(is_zone_id("America/Argentina/Buenos_Aires") && is_zone_id("UTC") && !is_zone_id("Europe//Oslo"));
         assert!(is_attribute_name("orgprov_request_id") && !is_attribute_name("_id") && !is_attribute_name("a-b"));
-        assert!(check(&TargetSettings::new("biot", "http://x", "svc", "S")).is_ok());
-        let mut t = TargetSettings::new("biot", "http://x", "svc", "S");
-        t.ownership_attribute = Some("_owner".into());
-        assert_eq!(check(&t).unwrap_err().0, "ownership_attribute");
+        assert_eq!(Settings::default().validate(), Ok(()));
+        let owner = Settings { ownership_attribute: "_owner".into(), ..Settings::default() };
+        assert_eq!(owner.validate().unwrap_err().key, "ownership_attribute");
     }
 }

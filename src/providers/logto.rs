@@ -30,14 +30,15 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::token::{TokenCache, expires_in};
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind};
-use crate::config::{Target, TargetSettings};
+use super::rules::{is_http_url, known_settings, length, tag_free};
+use super::token::{BearerAuth, ClientAuth, ClientCredentials};
+use super::upstream::{Answers, text_at};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys};
 use crate::contract::RequestId;
-use crate::delivery::{Delivery, Response};
+use crate::delivery::Delivery;
 use crate::template::OrgSpec;
 
 pub const TAG: &str = "orgprov_request_id";
@@ -51,128 +52,72 @@ const PAGE_SIZE: usize = 100;
 /// 100,000 organizations whose name or id contains ours: beyond that something is wrong.
 const MAX_PAGES: usize = 1000;
 const SETTINGS: &[&str] = &["is_mfa_required", "dark_logo_url", "favicon", "dark_favicon"];
-/// Longer claimed lifetimes are cut to a day: refreshing early is harmless, while an absurd
-/// `expires_in` must not overflow the cache's clock arithmetic.
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(86_400);
 
-/// Logto needs the M2M app's id; its tag location is fixed, so `ownership_attribute` (a BioT
-/// key) would silently do nothing here and is refused.
-pub fn check(target: &TargetSettings) -> Result<(), (&'static str, String)> {
-    if target.client_id.as_deref().is_none_or(str::is_empty) {
-        return Err(("client_id", "Logto needs the machine-to-machine application's app id".into()));
-    }
-    if target.ownership_attribute.is_some() {
-        return Err((
-            "ownership_attribute",
-            format!("Logto keeps the ownership tag in customData.{TAG}; this key is only for BioT"),
-        ));
-    }
-    Ok(())
+/// The keys of a Logto target besides those of every target. (The ownership tag's place is
+/// fixed, `customData.orgprov_request_id`: BioT's `ownership_attribute` is not a Logto key.)
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// API resource indicator of the token; default `{base_url}/api` (self-hosted Logto:
+    /// `https://default.logto.app/api`).
+    pub resource: Option<String>,
+    /// OAuth scope of the token; default `all`.
+    pub scope: String,
+    /// Token endpoint; default `{base_url}/oidc/token`.
+    pub token_url: Option<String>,
 }
 
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { resource: None, scope: "all".into(), token_url: None }
+    }
+}
+
+impl TargetKeys for Settings {
+    const CLIENT_ID: &'static str = "Logto needs the machine-to-machine application's app id";
+}
+
+/// Logto error bodies: `{code, message, data?}`; a 500 is just `{message}`; token errors are
+/// OAuth's `{error, error_description}`.
+const ANSWERS: Answers = Answers {
+    upstream: "Logto",
+    created_id: "/id",
+    code: Some("code"),
+    message: &["message", "error_description", "error"],
+    details: &["code", "data"],
+};
+
 pub struct Logto {
-    base_url: String,
-    token_url: String,
-    resource: String,
-    scope: String,
-    client_id: String,
-    client_secret: SecretString,
+    organizations_url: String,
     timeout: Duration,
     delivery: Arc<Delivery>,
-    tokens: TokenCache,
+    auth: BearerAuth<ClientCredentials>,
 }
 
 impl Logto {
-    pub fn new(target: &Target, delivery: Arc<Delivery>) -> Logto {
-        Logto {
-            base_url: target.base_url.clone(),
-            token_url: target.token_url.clone().unwrap_or_else(|| format!("{}/oidc/token", target.base_url)),
-            resource: target.resource.clone().unwrap_or_else(|| format!("{}/api", target.base_url)),
-            scope: target.scope.clone().unwrap_or_else(|| "all".to_owned()),
-            client_id: target.client_id.clone(),
-            client_secret: target.client_secret.clone(),
-            timeout: target.timeout,
-            delivery,
-            tokens: TokenCache::default(),
-        }
-    }
-
-    async fn fetch_token(&self) -> Result<(SecretString, Duration), CallError> {
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("resource", self.resource.as_str()),
-            ("scope", self.scope.as_str()),
-        ];
-        let request = self
-            .delivery
-            .client()
-            .post(&self.token_url)
-            .basic_auth(&self.client_id, Some(self.client_secret.expose_secret()))
-            .form(&form);
-        let response = self
-            .delivery
-            .send_unlimited(request)
-            .await
-            .map_err(|e| CallError::from_send(e, "token request").for_lookup())?;
-        if response.status != 200 {
-            // A refused grant (bad client, unknown resource or scope) cannot be retried.
-            let message = format!("Logto token endpoint answered {}: {}", response.status, error_text(&response));
-            return Err(CallError::token_refused(&response, message, response.status == 403));
-        }
-        let v = response.json().unwrap_or(Value::Null);
-        let token = v
-            .get("access_token")
-            .and_then(Value::as_str)
-            .ok_or_else(|| CallError::new(ErrorClass::Retryable, Some(200), "token response has no access_token"))?;
-        let lifetime = expires_in(v.get("expires_in")).unwrap_or(Duration::from_secs(3600));
-        Ok((SecretString::from(token.to_owned()), lifetime.min(MAX_TOKEN_LIFETIME)))
-    }
-
-    /// Sends an authorized `/api` call; a 401 refreshes the token once and resends.
-    async fn call(&self, build: impl Fn(&str) -> reqwest::RequestBuilder, what: &str) -> Result<Response, CallError> {
-        self.tokens.send_authorized(&self.delivery, || self.fetch_token(), build, what).await
-    }
-
-    fn classify(&self, response: &Response, what: &str) -> CallError {
-        let mut e = CallError::from_status(
-            response,
-            format!("{what}: Logto answered {}: {}", response.status, error_text(response)),
-        );
-        e.details = response.json().and_then(|v| {
-            let mut details = Map::new();
-            for key in ["code", "data"] {
-                if let Some(x) = v.get(key).filter(|x| !x.is_null()) {
-                    details.insert(key.to_owned(), x.clone());
-                }
-            }
-            (!details.is_empty()).then_some(Value::Object(details))
-        });
-        e
+    pub fn new(target: &Target, settings: &Settings, delivery: Arc<Delivery>) -> Logto {
+        let resource = settings.resource.clone().unwrap_or_else(|| format!("{}/api", target.base_url));
+        let grant =
+            ClientCredentials::new(target, settings.token_url.as_deref(), "/oidc/token", ClientAuth::Basic, &ANSWERS)
+                .param("resource", resource)
+                .param("scope", &settings.scope);
+        let auth = BearerAuth::new(grant);
+        let organizations_url = format!("{}/api/organizations", target.base_url);
+        Logto { organizations_url, timeout: target.timeout, delivery, auth }
     }
 
     /// Every organization whose `customData` carries `request_id`, oldest first, found by
     /// searching `name` over all pages.
     async fn tagged(&self, name: &str, request_id: &RequestId) -> Result<Vec<String>, CallError> {
-        let url = format!("{}/api/organizations", self.base_url);
         let page_size = PAGE_SIZE.to_string();
         let mut found: Vec<(f64, String)> = Vec::new();
         for page in 1..=MAX_PAGES {
             let page_text = page.to_string();
-            let response = self
-                .call(
-                    |auth| {
-                        self.delivery
-                            .client()
-                            .get(&url)
-                            .query(&[("q", name), ("page", &page_text), ("page_size", &page_size)])
-                            .header("authorization", auth)
-                    },
-                    "search organizations",
-                )
-                .await
-                .map_err(CallError::for_lookup)?;
+            let what = "search organizations";
+            let query = [("q", name), ("page", &page_text), ("page_size", &page_size)];
+            let response = self.auth.get(&self.delivery, &self.organizations_url, &query, what).await?;
             if response.status != 200 {
-                return Err(self.classify(&response, "search organizations").for_lookup());
+                return Err(ANSWERS.classify(&response, what).for_lookup());
             }
             let Some(items) = response.json().and_then(|v| v.as_array().cloned()) else {
                 return Err(CallError::new(
@@ -229,60 +174,21 @@ impl Logto {
     }
 }
 
-/// Logto error bodies: `{code, message, data?}`; a 500 is just `{message}`.
-fn error_text(response: &Response) -> String {
-    match response.json() {
-        Some(v) => {
-            let message = v
-                .get("message")
-                .or_else(|| v.get("error_description"))
-                .or_else(|| v.get("error"))
-                .and_then(Value::as_str)
-                .unwrap_or("no message");
-            match v.get("code").and_then(Value::as_str) {
-                Some(code) => format!("{code}: {message}"),
-                None => message.to_owned(),
-            }
-        }
-        None => String::from_utf8_lossy(&response.body[..response.body.len().min(200)]).into_owned(),
-    }
-}
-
-/// Logto's guard uses zod's `.url()`; we hold branding to absolute http(s) URLs.
-fn is_url(s: &str) -> bool {
-    let rest = s.strip_prefix("https://").or_else(|| s.strip_prefix("http://"));
-    rest.is_some_and(|r| {
-        !r.is_empty() && !r.starts_with('/') && !s.chars().any(|c| c.is_whitespace() || c.is_control())
-    })
-}
-
 impl Provider for Logto {
     fn kind(&self) -> ProviderKind {
         ProviderKind::Logto
     }
 
     fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
-        if let Some(unknown) = spec.settings.keys().find(|k| !SETTINGS.contains(&k.as_str())) {
-            return Err(format!("template setting logto.{unknown} is not supported (known: {})", SETTINGS.join(", ")));
-        }
-        let length = spec.name.chars().count();
-        if length == 0 || length > NAME_MAX {
-            return Err(format!("organization.name must be 1-{NAME_MAX} characters for Logto, got {length}"));
-        }
+        known_settings(&spec.settings, "logto", SETTINGS)?;
+        length("organization.name", &spec.name, 1..=NAME_MAX, "Logto")?;
         let mut body = Map::new();
         body.insert("name".into(), json!(spec.name));
         if let Some(d) = &spec.description {
-            if d.chars().count() > DESCRIPTION_MAX {
-                return Err(format!(
-                    "organization.description has {} characters; Logto allows {DESCRIPTION_MAX}",
-                    d.chars().count()
-                ));
-            }
+            length("organization.description", d, 0..=DESCRIPTION_MAX, "Logto")?;
             body.insert("description".into(), json!(d));
         }
-        if spec.metadata.contains_key(TAG) {
-            return Err(format!("organization.metadata.{TAG} is reserved for orgprov's ownership tag"));
-        }
+        tag_free(&spec.metadata, TAG)?;
         // customData is arbitrary JSON in Logto: metadata values keep their types.
         let mut custom: Map<String, Value> = spec.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         custom.insert(TAG.into(), json!(request_id.as_str()));
@@ -304,7 +210,7 @@ impl Provider for Logto {
         for (what, key, value) in urls {
             let Some(value) = value else { continue };
             match value.as_str() {
-                Some(url) if is_url(url) => {
+                Some(url) if is_http_url(url) => {
                     branding.insert(key.into(), json!(url));
                 }
                 _ => return Err(format!("{what} {value} must be an absolute http(s) URL for Logto")),
@@ -316,39 +222,18 @@ impl Provider for Logto {
         Ok(Value::Object(body))
     }
 
-    fn natural_key(&self, body: &Value) -> String {
-        body.get("name").and_then(Value::as_str).unwrap_or_default().to_owned()
-    }
-
     fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>> {
         async move {
-            let url = format!("{}/api/organizations", self.base_url);
-            let response = self
-                .call(
-                    |auth| {
-                        self.delivery
-                            .client()
-                            .post(&url)
-                            .header("authorization", auth)
-                            .header("idempotency-key", request_id.as_str())
-                            .json(body)
-                    },
-                    "create organization",
-                )
-                .await?;
+            let response = self.auth.create(&self.delivery, &self.organizations_url, body, request_id).await?;
             match response.status {
-                200 | 201 => match response.json().as_ref().and_then(|v| v.get("id")).and_then(Value::as_str) {
-                    Some(id) => {
+                200 | 201 => {
+                    let created = ANSWERS.created(&response)?;
+                    if let Created::New { id, .. } = &created {
                         self.warn_on_duplicates(&self.natural_key(body), request_id, id).await;
-                        Ok(Created::New { id: id.to_owned(), status: response.status })
                     }
-                    None => Err(CallError::new(
-                        ErrorClass::Ambiguous,
-                        Some(response.status),
-                        "Logto answered 2xx without an organization id",
-                    )),
-                },
-                _ => Err(self.classify(&response, "create organization")),
+                    Ok(created)
+                }
+                _ => Err(ANSWERS.classify(&response, "create organization")),
             }
         }
         .boxed()
@@ -378,47 +263,35 @@ impl Provider for Logto {
     fn reconcile_delay(&self) -> Duration {
         self.timeout + RECONCILE_MARGIN
     }
+
+    fn natural_key(&self, body: &Value) -> String {
+        text_at(body, "/name")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::Branding;
-    use std::collections::BTreeMap;
+    use crate::providers::testing::{assert_refused, spec, with};
 
     fn logto() -> Logto {
-        let target = Target { timeout: Duration::from_millis(700), ..Target::for_tests(ProviderKind::Logto) };
-        Logto::new(&target, Delivery::unlimited(&target))
+        let target = Target { timeout: Duration::from_millis(700), ..Target::for_tests(Settings::default().into()) };
+        Logto::new(&target, &Settings::default(), Delivery::unlimited(&target))
     }
 
-    fn spec(name: &str) -> OrgSpec {
-        OrgSpec {
-            name: name.into(),
-            display_name: Some("not sent".into()),
-            description: Some("Signed up".into()),
-            email: None,
-            parent_id: None,
-            domains: vec!["acme.example".into()],
-            metadata: BTreeMap::from([("plan".into(), json!("gold")), ("seats".into(), json!(25))]),
-            branding: Branding {
-                logo_url: Some("https://cdn.example/logo.png".into()),
-                primary_color: Some("#aabbcc".into()),
-                page_background_color: None,
-            },
-            admin: None,
-            settings: BTreeMap::from([
-                ("is_mfa_required".into(), json!(true)),
-                ("favicon".into(), json!("https://cdn.example/favicon.ico")),
-            ]),
-            template: "logto-standard".into(),
-            template_version: "1".into(),
-        }
+    fn named(name: &str) -> OrgSpec {
+        spec(json!({
+            "name": name, "display_name": "not sent", "description": "Signed up", "domains": ["acme.example"],
+            "metadata": { "plan": "gold", "seats": 25 },
+            "branding": { "logo_url": "https://cdn.example/logo.png", "primary_color": "#aabbcc" },
+            "settings": { "is_mfa_required": true, "favicon": "https://cdn.example/favicon.ico" },
+        }))
     }
 
     #[test]
     fn body_has_the_documented_shape_with_our_tag() {
         let id = RequestId::parse("req-1").unwrap();
-        let body = logto().prepare(&spec("Acme Corp"), &id).unwrap();
+        let body = logto().prepare(&named("Acme Corp"), &id).unwrap();
         assert_eq!(
             body,
             json!({"name": "Acme Corp", "description": "Signed up",
@@ -432,37 +305,22 @@ mod tests {
 
     #[test]
     fn documented_limits_are_checked_before_any_call() {
-        let id = RequestId::parse("req-1").unwrap();
         let l = logto();
-        assert!(l.prepare(&spec(""), &id).unwrap_err().contains("1-128"));
-        assert!(l.prepare(&spec(&"é".repeat(128)), &id).is_ok());
-        assert!(l.prepare(&spec(&"a".repeat(129)), &id).unwrap_err().contains("got 129"));
-        let mut s = spec("acme");
-        s.description = Some("d".repeat(257));
-        assert!(l.prepare(&s, &id).unwrap_err().contains("256"));
-        let mut s = spec("acme");
-        s.branding.logo_url = Some("logo.png".into());
-        assert!(l.prepare(&s, &id).unwrap_err().contains("organization.branding.logo_url"));
-        let mut s = spec("acme");
-        s.settings.insert("is_mfa_required".into(), json!("yes"));
-        assert!(l.prepare(&s, &id).unwrap_err().contains("is_mfa_required"));
-        let mut s = spec("acme");
-        s.metadata.insert(TAG.into(), json!("forged"));
-        assert!(l.prepare(&s, &id).unwrap_err().contains("reserved"));
-        let mut s = spec("acme");
-        s.settings.insert("colour".into(), json!("red"));
-        assert!(l.prepare(&s, &id).unwrap_err().contains("logto.colour"));
+        assert_refused(&l, &named(""), "1-128");
+        assert!(l.prepare(&named(&"é".repeat(128)), &RequestId::parse("req-1").unwrap()).is_ok());
+        assert_refused(&l, &named(&"a".repeat(129)), "got 129");
+        let acme = named("acme");
+        assert_refused(&l, &with(&acme, |s| s.description = Some("d".repeat(257))), "256");
+        let relative_logo = with(&acme, |s| s.branding.logo_url = Some("logo.png".into()));
+        assert_refused(&l, &relative_logo, "organization.branding.logo_url");
+        let setting = |key: &str, value: Value| with(&acme, |s| _ = s.settings.insert(key.into(), value));
+        assert_refused(&l, &setting("is_mfa_required", json!("yes")), "is_mfa_required");
+        assert_refused(&l, &setting("colour", json!("red")), "logto.colour");
+        assert_refused(&l, &with(&acme, |s| _ = s.metadata.insert(TAG.into(), json!("forged"))), "reserved");
     }
 
     #[test]
-    fn reconcile_waits_out_the_target_timeout_and_config_is_checked() {
+    fn reconcile_waits_out_the_target_timeout() {
         assert_eq!(logto().reconcile_delay(), Duration::from_millis(1700));
-        assert!(check(&TargetSettings::new("logto", "http://x", "app", "S")).is_ok());
-        let mut t = TargetSettings::new("logto", "http://x", "app", "S");
-        t.ownership_attribute = Some("x".into());
-        assert_eq!(check(&t).unwrap_err().0, "ownership_attribute");
-        t.ownership_attribute = None;
-        t.client_id = None;
-        assert_eq!(check(&t).unwrap_err().0, "client_id");
     }
 }

@@ -1,4 +1,6 @@
-//! Access-token caching shared by the providers that use OAuth-style tokens.
+//! Access tokens for the providers that call their API with a bearer token: how a token is
+//! obtained ([`Grant`]; [`ClientCredentials`] is the OAuth grant three of them use), the
+//! per-target cache, and sending a call with the token ([`BearerAuth`]).
 //!
 //! One cache per target. Refresh is single-flight: the first caller that finds the token
 //! missing or near expiry fetches a new one while holding the lock, and everyone else waits
@@ -9,10 +11,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::CallError;
+use super::upstream::{Answers, create_request};
+use super::{CallError, ErrorClass, Target};
+use crate::contract::RequestId;
 use crate::delivery::{Delivery, Response};
 
 struct Cached {
@@ -62,59 +67,191 @@ impl TokenCache {
             *slot = None;
         }
     }
-
-    /// How many tokens were fetched so far.
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
-impl TokenCache {
-    /// Sends a call with `Authorization: Bearer <token>` through `delivery`; a 401
+/// How a provider obtains an access token: the token and its lifetime.
+pub trait Grant: Send + Sync {
+    fn fetch(&self, delivery: &Delivery) -> impl Future<Output = Result<(SecretString, Duration), CallError>> + Send;
+}
+
+/// Calls an upstream API with bearer tokens from `G`, cached for the target.
+pub struct BearerAuth<G> {
+    grant: G,
+    tokens: TokenCache,
+}
+
+impl<G: Grant> BearerAuth<G> {
+    pub fn new(grant: G) -> BearerAuth<G> {
+        BearerAuth { grant, tokens: TokenCache::default() }
+    }
+
+    pub fn grant(&self) -> &G {
+        &self.grant
+    }
+
+    /// Sends `build()` with `Authorization: Bearer <token>` through `delivery`; a 401
     /// invalidates the token, fetches a new one (single-flight) and resends once. A second
     /// 401 is returned to the caller, which maps it to `unauthorized`.
-    pub async fn send_authorized<F, Fut>(
+    pub async fn send(
         &self,
         delivery: &Delivery,
-        fetch: F,
-        build: impl Fn(&str) -> reqwest::RequestBuilder,
+        build: impl Fn() -> reqwest::RequestBuilder,
         what: &str,
-    ) -> Result<Response, CallError>
-    where
-        F: Fn() -> Fut,
-        Fut: Future<Output = Result<(SecretString, Duration), CallError>>,
-    {
+    ) -> Result<Response, CallError> {
         let mut refreshed = false;
         loop {
-            let token = self.get(&fetch).await?;
-            let response = delivery.send(build(&bearer(&token))).await.map_err(|e| CallError::from_send(e, what))?;
+            let token = self.tokens.get(|| self.grant.fetch(delivery)).await?;
+            let request = build().bearer_auth(token.secret.expose_secret());
+            let response = delivery.send(request).await.map_err(|e| CallError::from_send(e, what))?;
             if response.status == 401 && !refreshed {
-                self.invalidate(token.generation).await;
+                self.tokens.invalidate(token.generation).await;
                 refreshed = true;
                 continue;
             }
             return Ok(response);
         }
     }
-}
 
-/// `Authorization: Bearer` value.
-pub fn bearer(token: &Token) -> String {
-    format!("Bearer {}", token.secret.expose_secret())
-}
-
-/// Reads `expires_in`, which some providers send as a number and others as a numeric string.
-pub fn expires_in(v: Option<&serde_json::Value>) -> Option<Duration> {
-    match v? {
-        serde_json::Value::Number(n) => n.as_u64().map(Duration::from_secs),
-        serde_json::Value::String(s) => s.trim().parse().ok().map(Duration::from_secs),
-        _ => None,
+    /// Sends a create: [`create_request`] with the bearer token.
+    pub async fn create(
+        &self,
+        delivery: &Delivery,
+        url: &str,
+        body: &Value,
+        request_id: &RequestId,
+    ) -> Result<Response, CallError> {
+        self.send(delivery, || create_request(delivery, url, body, request_id), "create organization").await
     }
+
+    /// Sends a lookup, `GET url` with `query`, with the bearer token. A lookup changes
+    /// nothing upstream, so its failures are never ambiguous.
+    pub async fn get(
+        &self,
+        delivery: &Delivery,
+        url: &str,
+        query: &[(&str, &str)],
+        what: &str,
+    ) -> Result<Response, CallError> {
+        let build = || match query {
+            [] => delivery.client().get(url),
+            query => delivery.client().get(url).query(query),
+        };
+        self.send(delivery, build, what).await.map_err(CallError::for_lookup)
+    }
+}
+
+/// Where a client-credentials grant puts the client's id and secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// In a JSON body, with the other parameters (Auth0).
+    JsonBody,
+    /// In the form body, with the other parameters (SecureAuth).
+    FormBody,
+    /// As HTTP Basic; the other parameters in the form body (Logto).
+    Basic,
+}
+
+/// The OAuth client-credentials grant (RFC 6749 §4.4) at one token endpoint. The answer is
+/// `access_token` and `expires_in` (a number or a numeric string; an hour when absent).
+/// Token requests do not count toward the target's rate limit.
+pub struct ClientCredentials {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub auth: ClientAuth,
+    /// The grant's other parameters: `audience` (Auth0), `scope` (SecureAuth), `resource`
+    /// and `scope` (Logto).
+    pub params: Vec<(&'static str, String)>,
+    /// How the token endpoint's error bodies read.
+    pub answers: &'static Answers,
+    /// Whether OAuth's `invalid_scope` error means the client lacks a permission
+    /// (`forbidden`) rather than that its credentials are refused (`unauthorized`).
+    pub invalid_scope_is_forbidden: bool,
+}
+
+impl ClientCredentials {
+    /// The grant of `target`'s client at the configured `token_url`, else at `default_path`
+    /// under the target's base URL.
+    pub fn new(
+        target: &Target,
+        token_url: Option<&str>,
+        default_path: &str,
+        auth: ClientAuth,
+        answers: &'static Answers,
+    ) -> ClientCredentials {
+        ClientCredentials {
+            token_url: token_url.map_or_else(|| format!("{}{default_path}", target.base_url), str::to_owned),
+            client_id: target.client_id.clone(),
+            client_secret: target.client_secret.clone(),
+            auth,
+            params: Vec::new(),
+            answers,
+            invalid_scope_is_forbidden: false,
+        }
+    }
+
+    /// Adds a parameter of the grant.
+    pub fn param(mut self, name: &'static str, value: impl Into<String>) -> ClientCredentials {
+        self.params.push((name, value.into()));
+        self
+    }
+}
+
+impl Grant for ClientCredentials {
+    async fn fetch(&self, delivery: &Delivery) -> Result<(SecretString, Duration), CallError> {
+        let secret = self.client_secret.expose_secret();
+        let mut pairs = vec![("grant_type", "client_credentials")];
+        if self.auth != ClientAuth::Basic {
+            pairs.extend([("client_id", self.client_id.as_str()), ("client_secret", secret)]);
+        }
+        pairs.extend(self.params.iter().map(|(k, v)| (*k, v.as_str())));
+        let request = delivery.client().post(&self.token_url);
+        let request = match self.auth {
+            ClientAuth::JsonBody => {
+                request.json(&pairs.iter().map(|(k, v)| ((*k).to_owned(), Value::from(*v))).collect::<Map<_, _>>())
+            }
+            ClientAuth::FormBody => request.form(&pairs),
+            ClientAuth::Basic => request.basic_auth(&self.client_id, Some(secret)).form(&pairs),
+        };
+        let response = delivery
+            .send_unlimited(request)
+            .await
+            .map_err(|e| CallError::from_send(e, "token request").for_lookup())?;
+        if response.status != 200 {
+            let error = response.json().and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned));
+            let invalid_scope = self.invalid_scope_is_forbidden && error.as_deref() == Some("invalid_scope");
+            let message = format!(
+                "{} token endpoint answered {}: {}",
+                self.answers.upstream,
+                response.status,
+                self.answers.error_text(&response)
+            );
+            return Err(CallError::token_refused(&response, message, response.status == 403 || invalid_scope));
+        }
+        response
+            .json()
+            .as_ref()
+            .and_then(access_token)
+            .ok_or_else(|| CallError::new(ErrorClass::Retryable, Some(200), "token response has no access_token"))
+    }
+}
+
+/// Reads an OAuth token answer: `access_token` and `expires_in`, which some providers send as
+/// a number and others as a numeric string (an hour when absent).
+pub fn access_token(v: &Value) -> Option<(SecretString, Duration)> {
+    let token = v.get("access_token").and_then(Value::as_str).filter(|t| !t.is_empty())?;
+    let lifetime = match v.get("expires_in") {
+        Some(Value::Number(n)) => n.as_u64().map(Duration::from_secs),
+        Some(Value::String(s)) => s.trim().parse().ok().map(Duration::from_secs),
+        _ => None,
+    };
+    Some((SecretString::from(token.to_owned()), lifetime.unwrap_or(Duration::from_secs(3600))))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -148,9 +285,80 @@ mod tests {
     }
 
     #[test]
-    fn expires_in_accepts_numbers_and_numeric_strings() {
-        assert_eq!(expires_in(Some(&serde_json::json!(3600))), Some(Duration::from_secs(3600)));
-        assert_eq!(expires_in(Some(&serde_json::json!("3600"))), Some(Duration::from_secs(3600)));
-        assert_eq!(expires_in(Some(&serde_json::json!("soon"))), None);
+    fn expires_in_is_a_number_or_a_numeric_string_and_an_hour_when_unreadable() {
+        let lifetime = |v: Value| access_token(&v).map(|(_, lifetime)| lifetime);
+        assert_eq!(lifetime(json!({"access_token": "t", "expires_in": 60})), Some(Duration::from_secs(60)));
+        assert_eq!(lifetime(json!({"access_token": "t", "expires_in": "60"})), Some(Duration::from_secs(60)));
+        assert_eq!(lifetime(json!({"access_token": "t", "expires_in": "soon"})), Some(Duration::from_secs(3600)));
+        assert_eq!(lifetime(json!({"access_token": "t"})), Some(Duration::from_secs(3600)));
+        assert_eq!(lifetime(json!({"access_token": "", "expires_in": 60})), None);
+        assert_eq!(lifetime(json!({"expires_in": 60})), None);
+    }
+
+    const ANSWERS: Answers =
+        Answers { upstream: "Upstream", created_id: "/id", code: None, message: &["error"], details: &[] };
+
+    /// Serves one token endpoint on a local port; returns its URL and what it received
+    /// (authorization header, content type, body).
+    async fn token_endpoint(status: u16, answer: &'static str) -> (String, Arc<std::sync::Mutex<Vec<[String; 3]>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let record = record.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let header =
+                    |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let (authorization, content_type) = (header("authorization"), header("content-type"));
+                let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+                record.lock().unwrap().push([authorization, content_type, String::from_utf8_lossy(&body).into()]);
+                axum::response::Response::builder().status(status).body(axum::body::Body::from(answer)).unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/token", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    async fn grant(auth: ClientAuth, status: u16, answer: &'static str) -> (Result<Duration, CallError>, [String; 3]) {
+        let (url, seen) = token_endpoint(status, answer).await;
+        let target = Target::for_tests(crate::providers::auth0::Settings::default().into());
+        let grant = ClientCredentials::new(&target, Some(&url), "/unused", auth, &ANSWERS).param("scope", "all");
+        let lifetime = grant.fetch(&Delivery::unlimited(&target)).await.map(|(_, lifetime)| lifetime);
+        let seen = seen.lock().unwrap().pop().expect("one token request");
+        (lifetime, seen)
+    }
+
+    #[tokio::test]
+    async fn client_credentials_go_where_each_provider_sends_them() {
+        let ok = r#"{"access_token":"t","expires_in":60}"#;
+        let (lifetime, [authorization, content_type, body]) = grant(ClientAuth::JsonBody, 200, ok).await;
+        assert_eq!(lifetime.unwrap(), Duration::from_secs(60));
+        assert_eq!((authorization.as_str(), content_type.as_str()), ("", "application/json"));
+        let body: Value = serde_json::from_str(&body).unwrap();
+        let expected =
+            json!({"grant_type": "client_credentials", "client_id": "c", "client_secret": "s", "scope": "all"});
+        assert_eq!(body, expected);
+
+        let (_, [authorization, content_type, body]) = grant(ClientAuth::FormBody, 200, ok).await;
+        assert_eq!((authorization.as_str(), content_type.as_str()), ("", "application/x-www-form-urlencoded"));
+        assert_eq!(body, "grant_type=client_credentials&client_id=c&client_secret=s&scope=all");
+
+        let (_, [authorization, _, body]) = grant(ClientAuth::Basic, 200, ok).await;
+        assert_eq!(authorization, "Basic Yzpz", "c:s");
+        assert_eq!(body, "grant_type=client_credentials&scope=all");
+    }
+
+    #[tokio::test]
+    async fn a_refused_grant_is_final_and_names_the_upstream() {
+        let (lifetime, _) = grant(ClientAuth::FormBody, 400, r#"{"error":"invalid_client"}"#).await;
+        let e = lifetime.unwrap_err();
+        assert_eq!(e.class, ErrorClass::Permanent(crate::contract::ErrorCode::Unauthorized));
+        assert_eq!(e.message, "Upstream token endpoint answered 400: invalid_client");
+        let (lifetime, _) = grant(ClientAuth::FormBody, 200, r#"{"expires_in":60}"#).await;
+        assert_eq!(lifetime.unwrap_err().class, ErrorClass::Retryable);
+        let (lifetime, _) = grant(ClientAuth::FormBody, 503, "busy").await;
+        assert_eq!(lifetime.unwrap_err().class, ErrorClass::Retryable, "a token request creates nothing");
     }
 }

@@ -104,7 +104,8 @@ impl Worker {
         record: Option<AttemptRecord>,
         attempts: i64,
     ) -> Disposition {
-        let provider = rt.map(|r| r.target.kind.as_str().to_owned()).unwrap_or_else(|| claim.prepared.provider.clone());
+        let provider =
+            rt.map(|r| r.target.provider_name().to_owned()).unwrap_or_else(|| claim.prepared.provider.clone());
         let event = self.outcome_event(claim, provider, &outcome, attempts);
         let mut tries = 0;
         loop {

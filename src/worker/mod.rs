@@ -29,10 +29,9 @@ use tracing::Instrument;
 
 use self::driver::Keyed;
 use crate::bus::{self, Consumer, Relay};
-use crate::config::{Settings, Target};
 use crate::contract::{self, ErrorCode, EventError, ProvisionRequest, Rejection, SourceMessage};
 use crate::delivery::Delivery;
-use crate::providers::{self, Provider};
+use crate::providers::{self, Provider, Settings, Target};
 use crate::store::{EarlyFailure, PgAdmission, Store, StoreError};
 use crate::telemetry::METRICS;
 use crate::template::Templates;

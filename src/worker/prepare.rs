@@ -30,7 +30,7 @@ pub(super) fn prepare(
             },
         });
     };
-    let provider = rt.target.kind.as_str();
+    let provider = rt.target.provider_name();
     let fail = |code, message: String| EarlyFailure {
         target: Some(m.target.clone()),
         provider: Some(provider.to_owned()),

@@ -20,7 +20,7 @@ fn compose_services_match_the_readme_and_its_config_loads() {
     let var = config.lines().find_map(|l| l.strip_prefix("client_secret_env = ")).unwrap().trim_matches('"');
     assert!(compose.contains(&format!("{var}: ")), "compose sets {var} for the worker");
     let settings =
-        orgprov::config::Settings::load(Some(&root.join("deploy/orgprov.compose.toml")), Vec::new()).unwrap();
+        orgprov::providers::Settings::load(Some(&root.join("deploy/orgprov.compose.toml")), Vec::new()).unwrap();
     assert_eq!(settings.nats.url, "nats://nats:4222");
     assert!(settings.postgres.url.contains("@postgres:5432/"));
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use orgprov::config::TargetSettings;
+use orgprov::providers::{TargetSettings, secureauth};
 use orgprov_sim::{ScriptedFault, SimulatorConfig};
 use serde_json::{Value, json};
 
@@ -39,7 +39,10 @@ async fn five_targets() -> TestEnv {
     for p in PROVIDERS {
         let base = target_settings(p, &env.sim.base_url(p));
         let target = match p {
-            "secureauth" => TargetSettings { tenant: Some("acme".into()), ..base },
+            "secureauth" => TargetSettings {
+                provider: secureauth::Settings { tenant: "acme".into(), ..Default::default() }.into(),
+                ..base
+            },
             "logto" => TargetSettings { timeout_ms: 500, ..base },
             _ => base,
         };

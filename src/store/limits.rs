@@ -116,13 +116,8 @@ impl PgAdmission {
 
 impl Admission for PgAdmission {
     fn acquire(&self) -> BoxFuture<'_, Result<Option<Duration>, String>> {
-        async move {
-            self.store
-                .acquire_slot(&self.target, self.per_second, self.effective_burst())
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .boxed()
+        let slot = self.store.acquire_slot(&self.target, self.per_second, self.effective_burst());
+        slot.map(|r| r.map_err(|e| e.to_string())).boxed()
     }
 
     fn pause(&self, wait: Duration) -> BoxFuture<'_, ()> {
@@ -135,12 +130,7 @@ impl Admission for PgAdmission {
     }
 
     fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>> {
-        async move {
-            self.store
-                .slot_ready_in(&self.target, self.per_second, self.effective_burst())
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .boxed()
+        let wait = self.store.slot_ready_in(&self.target, self.per_second, self.effective_burst());
+        wait.map(|r| r.map_err(|e| e.to_string())).boxed()
     }
 }

@@ -102,8 +102,7 @@ async fn each_kind_of_bad_input_becomes_org_failed_with_the_right_code() {
     env.wait_consumer_idle(15).await;
     let rejected: i64 = sqlx::query_scalar("SELECT count(*) FROM rejected_messages").fetch_one(&env.db).await.unwrap();
     assert_eq!(rejected, unreadable.len() as i64);
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test]

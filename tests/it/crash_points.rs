@@ -29,29 +29,22 @@ mod points {
         env.cleanup().await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn killed_after_the_claim_then_restarted() {
-        killed_at(CrashPoint::AfterClaim).await;
+    /// One test per recovery point, named after it.
+    macro_rules! killed_at_each_point {
+        ($($test:ident => $point:ident,)+) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                killed_at(CrashPoint::$point).await;
+            }
+        )+};
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn killed_during_the_upstream_call_then_restarted() {
-        killed_at(CrashPoint::DuringCall).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn killed_after_the_upstream_created_the_organization_then_restarted() {
-        killed_at(CrashPoint::AfterCreate).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn killed_after_the_commit_before_publish_and_ack_then_restarted() {
-        killed_at(CrashPoint::AfterCommit).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn killed_after_publishing_before_the_ack_then_restarted() {
-        killed_at(CrashPoint::AfterPublish).await;
+    killed_at_each_point! {
+        killed_after_the_claim_then_restarted => AfterClaim,
+        killed_during_the_upstream_call_then_restarted => DuringCall,
+        killed_after_the_upstream_created_the_organization_then_restarted => AfterCreate,
+        killed_after_the_commit_before_publish_and_ack_then_restarted => AfterCommit,
+        killed_after_publishing_before_the_ack_then_restarted => AfterPublish,
     }
 }
 

@@ -84,6 +84,13 @@ impl TestEnv {
         TestEnv::with_simulator(SimulatorConfig::default()).await
     }
 
+    /// A default environment with a worker already running in it.
+    pub async fn with_worker() -> (TestEnv, WorkerHandle) {
+        let env = TestEnv::new().await;
+        let worker = env.start_worker().await;
+        (env, worker)
+    }
+
     pub async fn with_simulator(config: SimulatorConfig) -> TestEnv {
         TestEnv::with_servers(config, &nats_url(), &pg_base_url()).await
     }
@@ -356,8 +363,7 @@ impl TestEnv {
         std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap_or_default()
     }
 
-    /// Deletes the test's streams and database.
-    /// A failed test skips this; `Drop` then does the same from a thread of its own.
+    /// Deletes the test's streams and database. A failed test skips this; `Drop` then does the same from a thread of its own.
     pub async fn cleanup(mut self) {
         self.collector.abort();
         self.db.close().await;

@@ -7,6 +7,7 @@ mod crash;
 mod crash_points;
 mod deploy;
 mod helpers;
+mod layout;
 mod mixed;
 mod pipeline;
 mod providers_biot;

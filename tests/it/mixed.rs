@@ -82,8 +82,7 @@ async fn five_providers_interleaved_in_one_worker_all_end_correctly() {
         assert_eq!(env.sim.organizations(p).len() - usize::from(p == "secureauth"), per_provider, "{p}");
         assert_exactly_once_for(&env, p, &ids[p]).await;
     }
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,6 +106,5 @@ async fn a_lost_response_then_a_late_commit_gives_one_organization_for_every_pro
         let orgs = env.sim.organizations(p).len() - usize::from(*p == "secureauth");
         assert_eq!(orgs, 1, "{p}: one organization");
     }
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }

@@ -7,8 +7,7 @@ use crate::helpers::{TestEnv, calls, calls_of};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn n_requests_become_n_provisioned_events_and_n_organizations() {
-    let env = TestEnv::new().await;
-    let worker = env.start_worker().await;
+    let (env, worker) = TestEnv::with_worker().await;
     let n = 40;
     let ids: Vec<String> = (0..n).map(|i| env.id(i)).collect();
     for (i, id) in ids.iter().enumerate() {
@@ -35,14 +34,12 @@ async fn n_requests_become_n_provisioned_events_and_n_organizations() {
     assert!(org["metadata"]["orgprov_request_id"].as_str().unwrap().starts_with(&env.run));
     assert_eq!(org["metadata"]["plan"], "standard");
     env.wait_consumer_idle(10).await;
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_request_three_times_gives_one_organization_and_identical_events() {
-    let env = TestEnv::new().await;
-    let worker = env.start_worker().await;
+    let (env, worker) = TestEnv::with_worker().await;
     let id = env.id("dup");
     let request = env.request(&id, &env.name("dup"));
     // No Nats-Msg-Id: the server cannot dedupe, the worker must.
@@ -70,8 +67,7 @@ async fn the_same_request_three_times_gives_one_organization_and_identical_event
         .await
         .unwrap();
     assert_eq!(mismatches, 1);
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 async fn lost_response_case(fault: ScriptedFault) {
@@ -87,8 +83,7 @@ async fn lost_response_case(fault: ScriptedFault) {
     assert_eq!(env.create_calls(), 1, "reconciled by lookup instead of a second create");
     let org_id = env.sim.organizations("auth0")[0]["id"].clone();
     assert_eq!(outcome.json["data"]["organization_id"], org_id);
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,8 +113,7 @@ async fn a_name_taken_by_someone_else_fails_with_conflict_without_a_retry_loop()
     assert_eq!(env.create_calls(), 1, "one create, one lookup, then stop");
     assert_eq!(env.orgs_named(&name), 1);
     env.wait_consumer_idle(10).await;
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,14 +135,12 @@ async fn an_upstream_400_fails_as_rejected_with_the_upstream_message_and_5xx_is_
     // 503 is ambiguous: the retry looks the name up before creating again.
     let recorded = calls(&env, &retried).await;
     assert_eq!(calls_of(&recorded), vec![("create", Some(503)), ("lookup", Some(404)), ("create", Some(201))]);
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_tokens_are_refreshed_once_and_work_goes_on() {
-    let env = TestEnv::new().await;
-    let worker = env.start_worker().await;
+    let (env, worker) = TestEnv::with_worker().await;
     let first = env.id("before");
     env.publish_json(&env.request(&first, &env.name("before")), Some(&first)).await;
     env.outcomes(std::slice::from_ref(&first), 30).await;
@@ -161,6 +153,5 @@ async fn revoked_tokens_are_refreshed_once_and_work_goes_on() {
     assert!(outcomes.values().all(|e| e.json["type"] == "org.provisioned"));
     let token_calls = env.sim.requests().iter().filter(|r| r.path.ends_with("/oauth/token")).count();
     assert_eq!(token_calls, 2, "one token at start, one refresh after the revocation (single-flight)");
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }

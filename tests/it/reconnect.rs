@@ -40,19 +40,25 @@ fn slow_simulator() -> SimulatorConfig {
     }
 }
 
+/// 200 requests through a worker on `env`; `restart` runs once a quarter of them are done.
+/// Every request still ends exactly once, and the worker was never restarted.
+async fn survives_a_restart_mid_run(env: &TestEnv, restart: impl AsyncFnOnce()) {
+    let worker = env.start_worker().await;
+    let ids: Vec<String> = (0..200).map(|i| env.id(i)).collect();
+    let publisher = publish_all(env, &ids);
+    env.wait_until(60, "a quarter of the requests done", |env| env.stored_events().len() >= 50).await;
+    assert!(env.stored_events().len() < ids.len(), "the restart must land mid-run");
+    restart().await;
+    publisher.await.unwrap();
+    assert_exactly_once(env, &ids).await;
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_restart_mid_run_loses_and_duplicates_nothing() {
     let mut nats = NatsServer::start().await;
     let env = TestEnv::with_servers(slow_simulator(), &nats.url(), &pg_base_url()).await;
-    let worker = env.start_worker().await;
-    let ids: Vec<String> = (0..200).map(|i| env.id(i)).collect();
-    let publisher = publish_all(&env, &ids);
-    env.wait_until(60, "a quarter of the requests done", |env| env.stored_events().len() >= 50).await;
-    assert!(env.stored_events().len() < ids.len(), "the restart must land mid-run");
-    nats.restart(Duration::from_secs(2)).await;
-    publisher.await.unwrap();
-    assert_exactly_once(&env, &ids).await;
-    worker.stop().await.unwrap();
+    survives_a_restart_mid_run(&env, async || nats.restart(Duration::from_secs(2)).await).await;
     env.cleanup().await;
 }
 
@@ -60,14 +66,6 @@ async fn a_nats_restart_mid_run_loses_and_duplicates_nothing() {
 async fn a_postgres_restart_mid_run_loses_and_duplicates_nothing() {
     let pg = PgServer::start().await;
     let env = TestEnv::with_servers(slow_simulator(), &nats_url(), &pg.base_url()).await;
-    let worker = env.start_worker().await;
-    let ids: Vec<String> = (0..200).map(|i| env.id(i)).collect();
-    let publisher = publish_all(&env, &ids);
-    env.wait_until(60, "a quarter of the requests done", |env| env.stored_events().len() >= 50).await;
-    assert!(env.stored_events().len() < ids.len(), "the restart must land mid-run");
-    pg.restart(Duration::from_secs(2)).await;
-    publisher.await.unwrap();
-    assert_exactly_once(&env, &ids).await;
-    worker.stop().await.unwrap();
+    survives_a_restart_mid_run(&env, async || pg.restart(Duration::from_secs(2)).await).await;
     env.cleanup().await;
 }

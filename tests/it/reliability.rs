@@ -162,8 +162,7 @@ async fn a_lost_response_then_a_late_commit_still_gives_one_organization() {
     env.publish_json(&env.request(&id, &env.name("late")), Some(&id)).await;
     assert_exactly_once(&env, std::slice::from_ref(&id)).await;
     assert_eq!(env.orgs_named(&env.name("late")), 1);
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 /// Arrival times (seconds since the first) of every `/api/v2` call.
@@ -328,8 +327,7 @@ async fn exhausted_requests_are_dead_lettered_and_replay_provisions_them_once() 
     assert_ne!(second.json["id"], failed.json["id"], "each generation has its own event id");
     assert_eq!(env.orgs_named(&env.name("dead")), 1);
     assert_eq!(env.orgs_named(&env.name("ok")), 1, "a succeeded request is never provisioned again");
-    worker.stop().await.unwrap();
-    env.cleanup().await;
+    env.finish(worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

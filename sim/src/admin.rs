@@ -38,7 +38,7 @@ fn unknown_provider(provider: &str) -> Response {
 }
 
 async fn admin_organizations(State(state): State<Arc<SimState>>, Query(query): Query<ProviderQuery>) -> Response {
-    match state.with_provider(&query.provider, |p| p.orgs.clone()) {
+    match state.with_provider(&query.provider, |p| p.orgs.to_vec()) {
         Some(orgs) => Json(orgs).into_response(),
         None => unknown_provider(&query.provider),
     }

@@ -23,7 +23,7 @@ use serde_json::{Map, Value, json};
 
 use crate::faults::RateDecision;
 use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
-use crate::state::{SimState, TokenStatus, has_text};
+use crate::state::{SimState, TokenStatus};
 use crate::wire::{
     NoBearer, authorized, bearer_token, client_secret_basic, decode_form_pair, form_pairs, with_retry_after,
 };
@@ -354,10 +354,10 @@ fn prepare(headers: &HeaderMap, body: &[u8]) -> Result<Map<String, Value>, Refus
 /// Stores `fields` under a fresh id if no organization has that name yet; returns the stored
 /// organization, or `None` on a name conflict.
 fn store_if_free(state: &SimState, fields: Map<String, Value>) -> Option<Value> {
-    let name = fields.get("name").cloned();
+    let name = fields.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
     state
         .with_provider(PROVIDER, |p| {
-            if p.orgs.iter().any(|org| org.get("name") == name.as_ref()) {
+            if p.orgs.has("name", &name) {
                 return None;
             }
             let mut stored = Map::new();
@@ -381,7 +381,7 @@ fn as_fetched(org: &Value) -> Value {
 }
 
 fn find_by(sim: &SimState, field: &str, wanted: &str) -> Response {
-    match sim.find_organization(PROVIDER, |org| has_text(org, field, wanted)) {
+    match sim.find_organization(PROVIDER, field, wanted) {
         Some(org) => (StatusCode::OK, Json(as_fetched(&org))).into_response(),
         None => not_found(),
     }

@@ -43,7 +43,7 @@ use serde_json::{Map, Value, json};
 use time::format_description::well_known::Rfc3339;
 
 use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
-use crate::state::{SimState, TokenStatus, has_text};
+use crate::state::{SimState, TokenStatus};
 use crate::wire::{authorized, bearer_token};
 
 /// Path prefix and state key of this provider.
@@ -257,7 +257,7 @@ fn store_if_free(state: &SimState, org: Map<String, Value>) -> Result<Value, Res
                     json!({"email": email}),
                 ));
             }
-            if p.orgs.iter().any(|o| o.get("_name") == name.as_ref()) {
+            if name.as_ref().and_then(Value::as_str).is_some_and(|n| p.orgs.has("_name", n)) {
                 let name = name.as_ref().and_then(Value::as_str).unwrap_or_default();
                 return Err(org_error(
                     StatusCode::CONFLICT,
@@ -478,7 +478,7 @@ fn search(sim: &SimState, query: &HashMap<String, String>) -> Response {
     let limit = search.get("limit").and_then(Value::as_u64).unwrap_or(100) as usize;
     let page = search.get("page").and_then(Value::as_u64).unwrap_or(0) as usize;
     let filter = search.get("filter").and_then(Value::as_object).cloned().unwrap_or_default();
-    let orgs = sim.with_provider(PROVIDER, |p| p.orgs.clone()).unwrap_or_default();
+    let orgs = sim.with_provider(PROVIDER, |p| p.orgs.to_vec()).unwrap_or_default();
     let mut hits = Vec::new();
     // Newest first: BioT sorts by _creationTime DESC unless told otherwise.
     for org in orgs.iter().rev() {
@@ -507,7 +507,7 @@ fn search(sim: &SimState, query: &HashMap<String, String>) -> Response {
 }
 
 fn get_organization(sim: &SimState, id: &str) -> Response {
-    match sim.find_organization(PROVIDER, |org| has_text(org, "_id", id)) {
+    match sim.find_organization(PROVIDER, "_id", id) {
         Some(org) => (StatusCode::OK, Json(org)).into_response(),
         None => org_error(StatusCode::NOT_FOUND, "ORGANIZATION_NOT_FOUND", "Organization not found", json!({"id": id})),
     }

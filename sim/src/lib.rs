@@ -234,7 +234,7 @@ impl Simulator {
     /// Stored organizations of `provider` in creation order, in the shape its create call
     /// returned them (empty for an unknown provider).
     pub fn organizations(&self, provider: &str) -> Vec<Value> {
-        self.state.with_provider(provider, |p| p.orgs.clone()).unwrap_or_default()
+        self.state.with_provider(provider, |p| p.orgs.to_vec()).unwrap_or_default()
     }
 
     /// Every request served so far, in the order the responses were produced.

@@ -45,7 +45,7 @@ use axum::routing::{MethodRouter, post};
 use serde_json::{Map, Value, json};
 
 use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
-use crate::state::{SimState, TokenStatus, has_text};
+use crate::state::{SimState, TokenStatus};
 use crate::wire::{
     NoBearer, authorized, bearer_token, client_credentials_grant, client_secret_basic, decode_form_pair, form_pairs,
 };
@@ -367,7 +367,7 @@ fn list(sim: &SimState, query: &HashMap<String, String>) -> Response {
         );
     };
     let needle = query.get("q").map(|q| q.to_lowercase()).filter(|q| !q.is_empty());
-    let orgs = sim.with_provider(PROVIDER, |p| p.orgs.clone()).unwrap_or_default();
+    let orgs = sim.with_provider(PROVIDER, |p| p.orgs.to_vec()).unwrap_or_default();
     let hits: Vec<Value> = orgs
         .into_iter()
         .filter(|o| match &needle {
@@ -385,7 +385,7 @@ fn list(sim: &SimState, query: &HashMap<String, String>) -> Response {
 }
 
 fn get_organization(sim: &SimState, id: &str) -> Response {
-    match sim.find_organization(PROVIDER, |org| has_text(org, "id", id)) {
+    match sim.find_organization(PROVIDER, "id", id) {
         Some(org) => (StatusCode::OK, Json(org)).into_response(),
         None => api_error(StatusCode::NOT_FOUND, "entity.not_exists_with_id", "The organization does not exist.", None),
     }

@@ -37,7 +37,7 @@ use axum::routing::{MethodRouter, post};
 use serde_json::{Map, Value, json};
 
 use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
-use crate::state::{SimState, TokenStatus, has_text};
+use crate::state::{SimState, TokenStatus};
 use crate::wire::{
     NoBearer, authorized, bearer_token, client_credentials_grant, client_secret_basic, decode_form_pair, form_pairs,
 };
@@ -477,7 +477,7 @@ fn is_hex_color(s: &str) -> bool {
 fn store(state: &SimState, new: NewOrg) -> Result<Value, ApiError> {
     state
         .with_provider(PROVIDER, |p| {
-            let find = |id: &str| p.orgs.iter().position(|o| o.get("id").and_then(Value::as_str) == Some(id));
+            let find = |id: &str| p.orgs.position("id", id);
             let text = |key: &str| new.fields.get(key).and_then(Value::as_str).map(str::to_owned);
             let parent = match text("parent_id").filter(|s| !s.is_empty()) {
                 Some(parent_id) => Some(find(&parent_id).ok_or_else(|| not_found("parent organization"))?),
@@ -501,7 +501,7 @@ fn store(state: &SimState, new: NewOrg) -> Result<Value, ApiError> {
                 return Err(conflict("id", id));
             }
             let name = text("name").unwrap_or_default();
-            if p.orgs.iter().any(|o| o.get("name").and_then(Value::as_str) == Some(name.as_str())) {
+            if p.orgs.has("name", &name) {
                 return Err(conflict("name", &name));
             }
 
@@ -523,9 +523,11 @@ fn store(state: &SimState, new: NewOrg) -> Result<Value, ApiError> {
                     m.insert("schema".into(), schema);
                 }
             }
-            if let Some(parent) = parent.and_then(|i| p.orgs.get_mut(i)).and_then(Value::as_object_mut) {
-                let children = parent.get("number_of_child_organizations").and_then(Value::as_u64).unwrap_or(0);
-                parent.insert("number_of_child_organizations".into(), json!(children + 1));
+            if let Some(parent) = parent {
+                p.orgs.update(parent, |parent| {
+                    let children = parent.get("number_of_child_organizations").and_then(Value::as_u64).unwrap_or(0);
+                    parent["number_of_child_organizations"] = json!(children + 1);
+                });
             }
             let org = Value::Object(org);
             p.orgs.push(org.clone());
@@ -535,7 +537,7 @@ fn store(state: &SimState, new: NewOrg) -> Result<Value, ApiError> {
 }
 
 fn get_organization(sim: &SimState, id: &str) -> Response {
-    match sim.find_organization(PROVIDER, |org| has_text(org, "id", id)) {
+    match sim.find_organization(PROVIDER, "id", id) {
         Some(org) => (StatusCode::OK, Json(org)).into_response(),
         None => not_found("organization").into_response(),
     }

@@ -30,7 +30,7 @@ struct Inner {
 /// One provider's tenant: its data, its credentials and its rate-limit bucket.
 pub(crate) struct ProviderState {
     /// Stored organizations in creation order, in the shape the create call returned.
-    pub(crate) orgs: Vec<Value>,
+    pub(crate) orgs: Orgs,
     pub(crate) tokens: HashMap<String, IssuedToken>,
     pub(crate) script: VecDeque<ScriptedFault>,
     bucket: TokenBucket,
@@ -56,7 +56,7 @@ impl SimState {
             .iter()
             .map(|name| {
                 let state = ProviderState {
-                    orgs: Vec::new(),
+                    orgs: Orgs::default(),
                     tokens: HashMap::new(),
                     script: VecDeque::new(),
                     bucket: TokenBucket::new(config.faults.rate_limit),
@@ -91,9 +91,9 @@ impl SimState {
         self.lock().requests.clone()
     }
 
-    /// The first stored organization of `provider` that `matches` accepts.
-    pub(crate) fn find_organization(&self, provider: &str, matches: impl Fn(&Value) -> bool) -> Option<Value> {
-        self.with_provider(provider, |p| p.orgs.iter().find(|org| matches(org)).cloned()).flatten()
+    /// The first stored organization of `provider` whose `field` is the string `wanted`.
+    pub(crate) fn find_organization(&self, provider: &str, field: &str, wanted: &str) -> Option<Value> {
+        self.with_provider(provider, |p| p.orgs.find(field, wanted).cloned()).flatten()
     }
 
     pub(crate) fn faults(&self) -> Faults {
@@ -195,7 +195,87 @@ impl SimState {
     }
 }
 
-/// Whether `org` has the string `wanted` at `field`: the usual lookup key match.
-pub(crate) fn has_text(org: &Value, field: &str, wanted: &str) -> bool {
-    org.get(field).and_then(Value::as_str) == Some(wanted)
+/// A provider's stored organizations in creation order, with an index of their top-level
+/// string fields, so that finding one by its key (name, id, slug) takes the same time in a
+/// tenant of ten organizations as in one of a hundred thousand (a benchmark's backlog).
+#[derive(Default)]
+pub(crate) struct Orgs {
+    list: Vec<Value>,
+    /// field → value → positions in `list`, oldest first.
+    index: HashMap<String, HashMap<String, Vec<usize>>>,
+}
+
+impl Orgs {
+    pub(crate) fn push(&mut self, org: Value) {
+        self.index_at(self.list.len(), &org);
+        self.list.push(org);
+    }
+
+    /// The first organization whose `field` is the string `wanted`.
+    pub(crate) fn find(&self, field: &str, wanted: &str) -> Option<&Value> {
+        self.position(field, wanted).map(|i| &self.list[i])
+    }
+
+    pub(crate) fn position(&self, field: &str, wanted: &str) -> Option<usize> {
+        self.index.get(field)?.get(wanted)?.first().copied()
+    }
+
+    pub(crate) fn has(&self, field: &str, wanted: &str) -> bool {
+        self.position(field, wanted).is_some()
+    }
+
+    /// Changes the organization at `i` in place, keeping the index right.
+    pub(crate) fn update(&mut self, i: usize, change: impl FnOnce(&mut Value)) {
+        let Some(org) = self.list.get(i) else { return };
+        for (field, value) in strings(org) {
+            if let Some(at) = self.index.get_mut(&field).and_then(|v| v.get_mut(&value)) {
+                at.retain(|&j| j != i);
+            }
+        }
+        change(&mut self.list[i]);
+        let org = self.list[i].clone();
+        self.index_at(i, &org);
+    }
+
+    fn index_at(&mut self, i: usize, org: &Value) {
+        for (field, value) in strings(org) {
+            let at = self.index.entry(field).or_default().entry(value).or_default();
+            at.push(i);
+            at.sort_unstable();
+        }
+    }
+}
+
+impl std::ops::Deref for Orgs {
+    type Target = [Value];
+    fn deref(&self) -> &[Value] {
+        &self.list
+    }
+}
+
+/// The top-level string fields of an organization.
+fn strings(org: &Value) -> Vec<(String, String)> {
+    org.as_object()
+        .map(|m| m.iter().filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned()))).collect())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn organizations_are_found_by_any_top_level_string_and_stay_found_after_a_change() {
+        let mut orgs = Orgs::default();
+        orgs.push(json!({"id": "o1", "name": "acme", "n": 1}));
+        orgs.push(json!({"id": "o2", "name": "acme"}));
+        assert_eq!(orgs.find("name", "acme").unwrap()["id"], "o1", "the oldest first");
+        assert_eq!(orgs.position("id", "o2"), Some(1));
+        assert!(!orgs.has("n", "1"), "only strings are keys");
+        orgs.update(0, |o| o["name"] = json!("globex"));
+        assert_eq!(orgs.find("name", "acme").unwrap()["id"], "o2");
+        assert_eq!(orgs.find("name", "globex").unwrap()["id"], "o1");
+        assert_eq!(orgs.len(), 2);
+    }
 }

@@ -35,7 +35,7 @@ use serde_json::{Map, Value, json};
 
 use crate::faults::RateLimit;
 use crate::provider::{CreateCall, Served, SimulatedProvider, lookup};
-use crate::state::{SimState, has_text};
+use crate::state::SimState;
 use crate::wire::basic_credentials;
 
 /// Path prefix and state key of this provider.
@@ -424,9 +424,7 @@ fn validate(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
 /// Stores the organization unless its slug or external id is taken.
 fn store(sim: &SimState, fields: Map<String, Value>) -> Result<Value, ApiError> {
     sim.with_provider(PROVIDER, |p| {
-        let taken = |key: &str| {
-            fields.get(key).filter(|v| !v.is_null()).is_some_and(|v| p.orgs.iter().any(|o| o.get(key) == Some(v)))
-        };
+        let taken = |key: &str| fields.get(key).and_then(Value::as_str).is_some_and(|v| p.orgs.has(key, v));
         if taken("organization_slug") {
             return Err(bad_request(
                 "organization_slug_already_used",
@@ -454,7 +452,7 @@ fn store(sim: &SimState, fields: Map<String, Value>) -> Result<Value, ApiError> 
 fn get_organization(sim: &SimState, key: &str) -> Response {
     let org = ["organization_id", "organization_slug", "organization_external_id"]
         .iter()
-        .find_map(|field| sim.find_organization(PROVIDER, |org| has_text(org, field, key)));
+        .find_map(|field| sim.find_organization(PROVIDER, field, key));
     match org {
         Some(org) => found(org),
         None => not_found().into_response(),

@@ -2,18 +2,17 @@
 //! nothing, DESIGN.md §Semantics 8), publishing requests, and the outbox relay that turns
 //! committed outbox rows into published events.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::future::join_all;
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsSettings;
 use crate::contract::{FAILED_TYPE, PROVISIONED_TYPE};
-use crate::store::Store;
+use crate::store::{Pending, Store};
 use crate::telemetry::METRICS;
 
 pub type Consumer = consumer::PullConsumer;
@@ -117,45 +116,83 @@ pub async fn publish_request(
     Ok(ack)
 }
 
+/// How the worker hands committed outbox rows to its [`Relay`]; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    rows: mpsc::Sender<Vec<Pending>>,
+}
+
+impl Publisher {
+    /// Publishes `rows` (committed outbox rows) as soon as the relay can. Never waits: when the
+    /// relay is behind, the rows stay in the outbox and its orphan poll publishes them.
+    pub fn publish(&self, rows: Vec<Pending>) {
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(e) = self.rows.try_send(rows) {
+            tracing::debug!(error = %e, "relay queue full; the outbox poll publishes these events");
+        }
+    }
+}
+
 /// Publishes committed outbox rows until cancelled, then drains what is left (bounded by
-/// `drain_timeout`). Woken by `wake` after each settle, and polls every `poll` for rows
-/// committed by other replicas.
+/// `drain_timeout`). Events go out straight from the process that committed them, handed over
+/// by its [`Publisher`]; every `poll` the relay also looks for orphans, rows older than
+/// `orphan_age` that nobody published (their process died, or a publish failed).
 pub struct Relay {
-    pub store: Store,
-    pub js: jetstream::Context,
-    pub wake: Arc<Notify>,
-    pub poll: Duration,
-    pub batch: i64,
+    store: Store,
+    js: jetstream::Context,
+    rows: mpsc::Receiver<Vec<Pending>>,
+    poll: Duration,
+    orphan_age: Duration,
+    batch: i64,
 }
 
 impl Relay {
-    pub async fn run(self, stop: CancellationToken, drain_timeout: Duration) {
+    pub fn new(store: Store, js: jetstream::Context, poll: Duration, orphan_age: Duration) -> (Publisher, Relay) {
+        let (tx, rows) = mpsc::channel(1024);
+        (Publisher { rows: tx }, Relay { store, js, rows, poll, orphan_age, batch: 512 })
+    }
+
+    pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) {
         let mut failures = 0u32;
+        let mut next_poll = tokio::time::Instant::now();
         loop {
-            match self.publish_batch().await {
-                Ok(n) if n as i64 == self.batch => {
-                    failures = 0;
-                    continue;
-                }
-                Ok(_) => failures = 0,
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, "outbox relay: publish failed; will retry");
-                }
-            }
-            if stop.is_cancelled() {
-                break;
-            }
-            let wait = if failures > 0 { Duration::from_millis(200 * u64::from(failures.min(25))) } else { self.poll };
             tokio::select! {
-                _ = self.wake.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.cancelled() => {}
+                rows = self.rows.recv() => {
+                    let Some(mut rows) = rows else { break };
+                    // Whatever else has been committed meanwhile goes out in the same round.
+                    while rows.len() < 4096 {
+                        match self.rows.try_recv() {
+                            Ok(more) => rows.extend(more),
+                            Err(_) => break,
+                        }
+                    }
+                    self.publish_committed(&rows).await;
+                }
+                _ = tokio::time::sleep_until(next_poll) => {
+                    match self.publish_orphans(self.orphan_age).await {
+                        Ok(n) if n as i64 == self.batch => failures = 0,
+                        Ok(_) => {
+                            failures = 0;
+                            next_poll = tokio::time::Instant::now() + self.poll;
+                        }
+                        Err(e) => {
+                            failures += 1;
+                            tracing::warn!(error = %e, "outbox relay: publish failed; will retry");
+                            next_poll = tokio::time::Instant::now() + Duration::from_millis(200 * u64::from(failures.min(25)));
+                        }
+                    }
+                }
+                _ = stop.cancelled() => break,
             }
         }
         let deadline = tokio::time::Instant::now() + drain_timeout;
+        while let Ok(rows) = self.rows.try_recv() {
+            self.publish_committed(&rows).await;
+        }
         while tokio::time::Instant::now() < deadline {
-            match self.publish_batch().await {
+            match self.publish_orphans(Duration::ZERO).await {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(e) => {
@@ -166,17 +203,52 @@ impl Relay {
         }
     }
 
-    /// Publishes one batch concurrently; marks the confirmed rows. Returns how many rows were
-    /// taken.
-    pub async fn publish_batch(&self) -> anyhow::Result<usize> {
-        let (mut tx, pending) = self.store.begin_outbox_batch(self.batch).await?;
+    /// Publishes rows the worker just committed and marks those JetStream confirmed; the
+    /// others stay for the orphan poll.
+    async fn publish_committed(&self, rows: &[Pending]) {
+        let (done, error) = self.publish(rows).await;
+        if let Some(e) = error {
+            tracing::warn!(error = %e, published = done.len(), "outbox relay: some publishes failed; the poll retries them");
+        }
+        if done.is_empty() {
+            return;
+        }
+        match Store::mark_published(self.store.pool(), &done).await {
+            Ok(()) => METRICS.events_published.add(done.len() as u64),
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox relay: could not mark published rows; the poll publishes them again")
+            }
+        }
+    }
+
+    /// Publishes one batch of orphans (rows queued at least `min_age` ago) and marks the
+    /// confirmed ones. Returns how many rows were taken.
+    pub async fn publish_orphans(&self, min_age: Duration) -> anyhow::Result<usize> {
+        let (mut tx, pending) = self.store.begin_outbox_batch(self.batch, min_age).await?;
         if pending.is_empty() {
             tx.commit().await?;
             return Ok(0);
         }
-        let publishes = pending.iter().map(|p| async move {
+        let (done, error) = self.publish(&pending).await;
+        Store::mark_published(&mut *tx, &done).await?;
+        tx.commit().await?;
+        METRICS.events_published.add(done.len() as u64);
+        match error {
+            Some(e) if done.is_empty() => Err(e),
+            Some(e) => {
+                tracing::warn!(error = %e, published = done.len(), "outbox relay: some publishes failed; will retry");
+                Ok(pending.len())
+            }
+            None => Ok(pending.len()),
+        }
+    }
+
+    /// Publishes `rows` concurrently, each with `Nats-Msg-Id` = event id; the outbox ids
+    /// JetStream confirmed, and the last error.
+    async fn publish(&self, rows: &[Pending]) -> (Vec<i64>, Option<anyhow::Error>) {
+        let publishes = rows.iter().map(|p| async move {
             let message =
-                jetstream::message::PublishMessage::build().payload(p.payload.clone().into()).message_id(&p.event_id);
+                jetstream::message::PublishMessage::build().payload(p.payload.clone()).message_id(&p.event_id);
             let ack = self.js.send_publish(p.subject.clone(), message).await?;
             tokio::time::timeout(Duration::from_secs(10), ack)
                 .await
@@ -193,18 +265,6 @@ impl Relay {
                 Err(e) => last_error = Some(e),
             }
         }
-        Store::mark_published(&mut tx, &done).await?;
-        tx.commit().await?;
-        for _ in &done {
-            METRICS.events_published.inc();
-        }
-        match last_error {
-            Some(e) if done.is_empty() => Err(e),
-            Some(e) => {
-                tracing::warn!(error = %e, published = done.len(), "outbox relay: some publishes failed; will retry");
-                Ok(pending.len())
-            }
-            None => Ok(pending.len()),
-        }
+        (done, last_error)
     }
 }

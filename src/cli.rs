@@ -24,6 +24,8 @@ use crate::template::Templates;
 use crate::worker::Worker;
 
 #[cfg(feature = "simulator")]
+pub use crate::bench::BenchArgs;
+#[cfg(feature = "simulator")]
 pub use crate::demo::DemoArgs;
 #[cfg(feature = "simulator")]
 pub use orgprov_sim::cli::SimulateArgs;
@@ -33,6 +35,9 @@ pub type DemoArgs = WithoutSimulator;
 /// Without the simulator, `simulate` takes anything and explains (see [`WithoutSimulator`]).
 #[cfg(not(feature = "simulator"))]
 pub type SimulateArgs = WithoutSimulator;
+/// Without the simulator, `bench` takes anything and explains (see [`WithoutSimulator`]).
+#[cfg(not(feature = "simulator"))]
+pub type BenchArgs = WithoutSimulator;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -70,6 +75,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Re-drive failed requests (dead letters) as a new generation: by id, code or time.
     Replay(ReplayArgs),
+    /// Measure throughput, latency and memory of the whole pipeline on this machine.
+    #[cfg_attr(not(feature = "simulator"), command(about = NOT_BUILT))]
+    Bench(BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -145,7 +153,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     let level = match cli.command {
         Command::Worker { .. } | Command::Simulate(_) => "info",
         // The demo prints its own progress and summary.
-        Command::Demo(_) => "error",
+        Command::Demo(_) | Command::Bench(_) => "error",
         _ => "warn",
     };
     let _telemetry = crate::telemetry::init(level);
@@ -161,6 +169,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status { request_id } => status(&settings, &request_id).await,
         Command::Demo(args) => demo(settings, args).await,
         Command::Replay(args) => replay(&settings, args).await,
+        Command::Bench(args) => bench(settings, args).await,
     };
     match result {
         Ok(code) => code,
@@ -238,6 +247,16 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 #[cfg(feature = "simulator")]
 async fn demo(settings: Settings, args: DemoArgs) -> anyhow::Result<ExitCode> {
     crate::demo::run(settings, args).await
+}
+
+#[cfg(feature = "simulator")]
+async fn bench(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    crate::bench::run(settings, args).await
+}
+
+#[cfg(not(feature = "simulator"))]
+async fn bench(_: Settings, _: BenchArgs) -> anyhow::Result<ExitCode> {
+    Ok(without_simulator("bench"))
 }
 
 #[cfg(not(feature = "simulator"))]

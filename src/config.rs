@@ -243,7 +243,7 @@ pub struct WorkerSettings {
 impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
-            max_in_flight: 256,
+            max_in_flight: 512,
             lease_secs: 30,
             max_attempts: 8,
             max_inline_wait_secs: 5,
@@ -352,7 +352,7 @@ impl<P: Default> Default for TargetSettings<P> {
             client_secret_env: None,
             client_secret_file: None,
             timeout_ms: 10_000,
-            max_in_flight: 64,
+            max_in_flight: 256,
             rate_limit: RateLimitSettings::default(),
             retry: RetrySettings::default(),
         }
@@ -743,7 +743,7 @@ mod tests {
     fn defaults_load_without_a_file() {
         let s = Settings::<Part>::load(None, Vec::new()).unwrap();
         assert_eq!(s.nats.requests_subject(), "org.provision.requested");
-        assert_eq!(s.worker.max_in_flight, 256);
+        assert_eq!(s.worker.max_in_flight, 512);
         assert!(s.targets.is_empty());
     }
 
@@ -830,7 +830,7 @@ mod tests {
     fn targets_built_in_code_take_the_defaults() {
         let t = TargetSettings::<Part>::new("tenanted", "https://x.example", "id", "VAR");
         assert_eq!(t.provider, Part::Tenanted(Tenanted::default()));
-        assert_eq!((t.timeout_ms, t.max_in_flight, t.client_secret_file), (10_000, 64, None));
+        assert_eq!((t.timeout_ms, t.max_in_flight, t.client_secret_file), (10_000, 256, None));
         assert_eq!(TargetSettings::keys().len(), 8);
     }
 

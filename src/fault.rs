@@ -15,16 +15,20 @@ pub enum CrashPoint {
     AfterCreate,
     /// The outcome is committed; the event is not published and the message not acked.
     AfterCommit,
+    /// A settle batch of several requests is committed; none of their events is published
+    /// and none of their messages acked.
+    AfterGroupCommit,
     /// The relay published the event; the outbox row is not marked and (maybe) not acked.
     AfterPublish,
 }
 
 impl CrashPoint {
-    pub const ALL: [CrashPoint; 5] = [
+    pub const ALL: [CrashPoint; 6] = [
         CrashPoint::AfterClaim,
         CrashPoint::DuringCall,
         CrashPoint::AfterCreate,
         CrashPoint::AfterCommit,
+        CrashPoint::AfterGroupCommit,
         CrashPoint::AfterPublish,
     ];
 
@@ -34,6 +38,7 @@ impl CrashPoint {
             CrashPoint::DuringCall => "during_call",
             CrashPoint::AfterCreate => "after_create",
             CrashPoint::AfterCommit => "after_commit",
+            CrashPoint::AfterGroupCommit => "after_group_commit",
             CrashPoint::AfterPublish => "after_publish",
         }
     }

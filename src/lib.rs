@@ -13,6 +13,8 @@
 //! the provider simulator (crate `orgprov-sim`); without it the worker has no simulator code.
 
 pub mod admin;
+#[cfg(feature = "simulator")]
+pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod config;

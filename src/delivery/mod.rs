@@ -1,6 +1,6 @@
 //! Getting HTTP calls to an upstream politely: admission through the per-target rate limit
-//! and pause (the [`Admission`] trait; every replica shares them through Postgres, see
-//! `store::PgAdmission`), pauses named by
+//! and pause ([`Admission`], slots leased from the bucket every replica shares through
+//! Postgres, see `store::PgSlots`), pauses named by
 //! the upstream (`Retry-After`, `x-ratelimit-reset`), the retry delay policy, and the one
 //! place where a transport failure is classified as "never sent" or "maybe sent".
 //!
@@ -8,12 +8,16 @@
 //! the response's own `Date` header and rounded up, so a skewed local clock cannot make us
 //! call early.
 
+mod admission;
+
+use std::cell::Cell;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
+
+pub use admission::{Admission, LEASE_VALIDITY, Lease, Queued, SlotSource, Unlimited};
 
 use crate::config::{RetrySettings, Target};
 
@@ -50,42 +54,30 @@ pub enum SendError {
     Throttled(Duration),
 }
 
-/// Decides when a call to a target may go out.
-pub trait Admission: Send + Sync {
-    /// `Ok(None)`: go now (a slot was taken). `Ok(Some(wait))`: try again after `wait`.
-    fn acquire(&self) -> BoxFuture<'_, Result<Option<Duration>, String>>;
-    /// The upstream asked every call of this target to wait `wait`.
-    fn pause(&self, wait: Duration) -> BoxFuture<'_, ()>;
-    /// How long until a slot would be granted (pause included), taking nothing.
-    fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>>;
-}
-
-/// No limit at all (unit tests of provider code that never reaches the network).
-pub struct Unlimited;
-
-impl Admission for Unlimited {
-    fn acquire(&self) -> BoxFuture<'_, Result<Option<Duration>, String>> {
-        async { Ok(None) }.boxed()
-    }
-    fn pause(&self, _: Duration) -> BoxFuture<'_, ()> {
-        async {}.boxed()
-    }
-    fn ready_in(&self) -> BoxFuture<'_, Result<Duration, String>> {
-        async { Ok(Duration::ZERO) }.boxed()
-    }
-}
-
 /// HTTP client for one target: admission, pauses and timeouts live here.
 pub struct Delivery {
     client: reqwest::Client,
-    admission: Arc<dyn Admission>,
+    admission: Arc<Admission>,
     /// Longer admission waits are handed back to the caller as [`SendError::Throttled`].
     max_wait: Duration,
     pub retry: RetryPolicy,
 }
 
+tokio::task_local! {
+    /// Set by [`admitted`]: the first counted call of the future it runs has its slot already.
+    static ADMITTED: Cell<bool>;
+}
+
+/// Runs `call` (one provider call: a create or a lookup) whose first counted upstream request
+/// already holds a slot of the target, taken by the caller before it recorded the call as
+/// starting. Further requests of the same call (a resend after a 401, a further page of a
+/// search) are admitted as usual.
+pub async fn admitted<F: Future>(call: F) -> F::Output {
+    ADMITTED.scope(Cell::new(true), call).await
+}
+
 impl Delivery {
-    pub fn new<P>(target: &Target<P>, admission: Arc<dyn Admission>, max_wait: Duration) -> anyhow::Result<Delivery> {
+    pub fn new<P>(target: &Target<P>, slots: Arc<dyn SlotSource>, max_wait: Duration) -> anyhow::Result<Delivery> {
         crate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(target.timeout)
@@ -93,6 +85,7 @@ impl Delivery {
             .pool_max_idle_per_host(target.max_in_flight)
             .user_agent(concat!("orgprov/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let admission = Arc::new(Admission::new(slots));
         Ok(Delivery { client, admission, max_wait, retry: RetryPolicy::from(target.retry) })
     }
 
@@ -106,19 +99,24 @@ impl Delivery {
         &self.client
     }
 
-    /// How long until a call would be admitted (pause included), taking nothing. The worker
-    /// asks before it records that a call starts, so waiting for the rate limit (or dying
-    /// while waiting) never uses up an attempt; [`Delivery::send`] then takes the slot.
-    pub async fn ready_in(&self) -> Result<Duration, SendError> {
-        self.admission.ready_in().await.map_err(|e| SendError::NotSent(format!("rate limiter unavailable: {e}")))
+    /// The target's admission: the worker takes a slot before it records that a call
+    /// starts, so waiting for the rate limit (or dying while waiting) never uses up an
+    /// attempt, and runs the call under [`admitted`].
+    pub fn admission(&self) -> &Arc<Admission> {
+        &self.admission
     }
 
-    /// Waits for admission (the upstream's pause and a rate-limit slot) and takes a slot.
-    /// Waits longer than the in-place limit come back as [`SendError::Throttled`].
+    /// Waits for admission (the upstream's pause and a slot of the rate limit) and takes a
+    /// slot, unless the call runs under [`admitted`] and this is its first request. Waits
+    /// longer than the in-place limit come back as [`SendError::Throttled`].
     pub async fn admit(&self) -> Result<(), SendError> {
+        if ADMITTED.try_with(|first| first.replace(false)).unwrap_or(false) {
+            return Ok(());
+        }
+        let queued = self.admission.queue();
         let mut waited = Duration::ZERO;
         loop {
-            match self.admission.acquire().await {
+            match queued.acquire().await {
                 Ok(None) => return Ok(()),
                 Ok(Some(wait)) if waited + wait > self.max_wait => return Err(SendError::Throttled(wait)),
                 Ok(Some(wait)) => {
@@ -130,12 +128,15 @@ impl Delivery {
         }
     }
 
-    /// Sends one call counted by the rate limit: waits for admission (the upstream's pause
-    /// and a rate-limit slot), then sends. A 429 pauses the target for every replica.
+    /// Sends one call counted by the rate limit: [`Delivery::admit`], then
+    /// [`Delivery::send_admitted`].
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
-        // The slot is taken right before sending: the upstream counts arrivals, so the gap
-        // between the grant and the request on the wire must stay as small as possible.
         self.admit().await?;
+        self.send_admitted(request).await
+    }
+
+    /// Sends a counted call that holds its slot. A 429 pauses the target for every replica.
+    pub async fn send_admitted(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
         let response = self.send_unlimited(request).await?;
         if response.status == 429 {
             let wait = response.retry_after().unwrap_or(Duration::from_secs(1));

@@ -100,9 +100,12 @@ impl<G: Grant> BearerAuth<G> {
     ) -> Result<Response, CallError> {
         let mut refreshed = false;
         loop {
+            // The slot first, the token after: a token taken before a long wait for the rate
+            // limit could expire on the way and cost a 401 and a second call.
+            delivery.admit().await.map_err(|e| CallError::from_send(e, what))?;
             let token = self.tokens.get(|| self.grant.fetch(delivery)).await?;
             let request = build().bearer_auth(token.secret.expose_secret());
-            let response = delivery.send(request).await.map_err(|e| CallError::from_send(e, what))?;
+            let response = delivery.send_admitted(request).await.map_err(|e| CallError::from_send(e, what))?;
             if response.status == 401 && !refreshed {
                 self.tokens.invalidate(token.generation).await;
                 refreshed = true;

@@ -53,31 +53,26 @@ impl Store {
         Ok(())
     }
 
-    pub async fn record_attempt(&self, claim: &Claim, attempt: &AttemptRecord) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        insert_attempt(&mut conn, claim, attempt).await
+    /// Writes an answered call to the attempt history, while the lease is still ours: a
+    /// holder that was fenced out writes nothing.
+    pub async fn record_attempt(&self, claim: &Claim, a: &AttemptRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO attempts (request_id, generation, fencing_token, call, started_at, duration_ms, status_code,
+                                   outcome, error)
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9
+             WHERE EXISTS (SELECT 1 FROM requests WHERE request_id = $1 AND fencing_token = $3)",
+        )
+        .bind(claim.request_id.as_str())
+        .bind(claim.generation)
+        .bind(claim.token)
+        .bind(a.call.as_str())
+        .bind(a.started_at)
+        .bind(a.duration.as_millis().min(i32::MAX as u128) as i32)
+        .bind(a.status.map(i32::from))
+        .bind(a.outcome.as_str())
+        .bind(&a.error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
-}
-
-pub(super) async fn insert_attempt(
-    conn: &mut sqlx::PgConnection,
-    claim: &Claim,
-    a: &AttemptRecord,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO attempts (request_id, generation, fencing_token, call, started_at, duration_ms, status_code, outcome, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(claim.request_id.as_str())
-    .bind(claim.generation)
-    .bind(claim.token)
-    .bind(a.call.as_str())
-    .bind(a.started_at)
-    .bind(a.duration.as_millis().min(i32::MAX as u128) as i32)
-    .bind(a.status.map(i32::from))
-    .bind(a.outcome.as_str())
-    .bind(&a.error)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

@@ -4,14 +4,16 @@
 //! ("render once") and stores the result for every later attempt; a message with the same
 //! request_id and other content is recorded as a mismatch and never provisions again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::{Postgres, Row, Transaction};
 use time::OffsetDateTime;
 
-use super::{Claim, EarlyFailure, Prepared, RequestState, Store, StoreError};
+use super::{Claim, EarlyFailure, Pending, Prepared, RequestState, Store, StoreError};
 use crate::contract::{FailedData, OutcomeEvent, RequestId};
 
 /// What a worker learned from claiming a request.
@@ -20,8 +22,8 @@ pub enum ClaimResult {
     /// This worker holds the lease: go ahead.
     Claimed(Box<Claim>),
     /// The request ended: earlier (`reemitted`: its stored outcome event was queued again),
-    /// or now, because it failed before any upstream call.
-    Finished { reemitted: bool },
+    /// or now, because it failed before any upstream call. `publish`: the outbox rows queued.
+    Finished { reemitted: bool, publish: Vec<Pending> },
     /// Another holder's lease is live: hand the message back for this long.
     Busy { retry_in: Duration },
 }
@@ -39,7 +41,83 @@ struct Current {
     age: Duration,
 }
 
+/// A request this worker sees for the first time, to claim in a batch ([`Store::claim_new`]).
+#[derive(Clone, Debug)]
+pub struct NewClaim {
+    pub request_id: RequestId,
+    pub content_hash: String,
+    pub document: Value,
+    /// Rendered already: a new request is rendered before its claim ("render once" still
+    /// holds: only the insert that creates the row stores it).
+    pub prepared: Arc<Prepared>,
+    pub owner: String,
+    pub lease: Duration,
+    /// The worker holds a slot of the target's rate limit for the first create: the claim
+    /// also records that create as starting (an attempt, and a lookup first after any
+    /// interruption), so the call goes out without a statement of its own.
+    pub create_started: bool,
+}
+
 impl Store {
+    /// Claims requests never seen before, in one statement: each row is inserted with its
+    /// lease (fencing token 1), its rendered form and, with `create_started`, its first create
+    /// recorded as starting. `None` for a request whose row exists already (or that appears
+    /// twice in `items`): the caller claims it with [`Store::claim`], which handles every
+    /// other case (redeliveries, live leases, finished requests, other content).
+    pub async fn claim_new(&self, items: &[NewClaim]) -> Result<Vec<Option<Claim>>, StoreError> {
+        let mut first = std::collections::HashSet::with_capacity(items.len());
+        let fresh: Vec<&NewClaim> = items.iter().filter(|c| first.insert(c.request_id.as_str())).collect();
+        let column = |f: fn(&NewClaim) -> &str| fresh.iter().map(|c| f(c)).collect::<Vec<&str>>();
+        let json = |f: fn(&NewClaim) -> &Value| fresh.iter().map(|c| Json(f(c))).collect::<Vec<Json<&Value>>>();
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO requests (request_id, content_hash, document, state, target, provider, template,
+                                   template_version, spec, body, natural_key, owner, fencing_token,
+                                   lease_expires_at, attempts, needs_reconcile)
+             SELECT i.request_id, i.content_hash, i.document, 'active', i.target, i.provider, i.template,
+                    i.template_version, i.spec, i.body, i.natural_key, i.owner, 1,
+                    now() + make_interval(secs => i.lease), CASE WHEN i.started THEN 1 ELSE 0 END, i.started
+             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::jsonb[], $9::jsonb[], $10::text[], $11::text[], $12::float8[], $13::bool[])
+                  AS i(request_id, content_hash, document, target, provider, template, template_version,
+                       spec, body, natural_key, owner, lease, started)
+             ON CONFLICT (request_id) DO NOTHING
+             RETURNING request_id",
+        )
+        .bind(column(|c| c.request_id.as_str()))
+        .bind(column(|c| &c.content_hash))
+        .bind(json(|c| &c.document))
+        .bind(column(|c| &c.prepared.target))
+        .bind(column(|c| &c.prepared.provider))
+        .bind(column(|c| &c.prepared.template))
+        .bind(column(|c| &c.prepared.template_version))
+        .bind(json(|c| &c.prepared.spec))
+        .bind(json(|c| &c.prepared.body))
+        .bind(column(|c| &c.prepared.natural_key))
+        .bind(column(|c| &c.owner))
+        .bind(fresh.iter().map(|c| c.lease.as_secs_f64()).collect::<Vec<f64>>())
+        .bind(fresh.iter().map(|c| c.create_started).collect::<Vec<bool>>())
+        .fetch_all(&self.pool)
+        .await?;
+        let inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+        let mut claimed = std::collections::HashSet::with_capacity(inserted.len());
+        Ok(items
+            .iter()
+            .map(|c| {
+                let id = c.request_id.as_str();
+                (inserted.contains(id) && claimed.insert(id)).then(|| Claim {
+                    request_id: c.request_id.clone(),
+                    generation: 1,
+                    token: 1,
+                    prepared: c.prepared.clone(),
+                    attempts: 0,
+                    needs_reconcile: false,
+                    create_started: c.create_started,
+                    age: Duration::ZERO,
+                })
+            })
+            .collect())
+    }
+
     /// Claims `request_id` for `owner` with a fenced lease. On the first claim `prepare` runs
     /// (render once) and its result is stored; an `EarlyFailure` settles the request as failed
     /// at once. A finished request queues its stored outcome event again.
@@ -59,9 +137,9 @@ impl Store {
             record_mismatch(&mut tx, id, content_hash).await?;
         }
         if current.state != RequestState::Active {
-            super::outbox::requeue_outcome(&mut tx, id, current.generation).await?;
+            let publish = super::outbox::requeue_outcome(&mut tx, id, current.generation).await?;
             tx.commit().await?;
-            return Ok(ClaimResult::Finished { reemitted: true });
+            return Ok(ClaimResult::Finished { reemitted: true, publish });
         }
         if let Some(left) = current.lease_left {
             tx.commit().await?;
@@ -73,9 +151,9 @@ impl Store {
             None => match prepare() {
                 Ok(p) => p,
                 Err(failure) => {
-                    self.fail_early(&mut tx, id, current.generation, failure).await?;
+                    let publish = self.fail_early(&mut tx, id, current.generation, failure).await?;
                     tx.commit().await?;
-                    return Ok(ClaimResult::Finished { reemitted: false });
+                    return Ok(ClaimResult::Finished { reemitted: false, publish });
                 }
             },
         };
@@ -85,9 +163,10 @@ impl Store {
             request_id: request_id.clone(),
             generation: current.generation,
             token,
-            prepared,
+            prepared: Arc::new(prepared),
             attempts: current.attempts,
             needs_reconcile: current.needs_reconcile,
+            create_started: false,
             age: current.age,
         })))
     }
@@ -100,7 +179,7 @@ impl Store {
         request_id: &str,
         generation: i64,
         failure: EarlyFailure,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Pending>, StoreError> {
         let data = FailedData {
             request_id: Some(request_id.to_owned()),
             generation,

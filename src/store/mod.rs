@@ -3,9 +3,11 @@
 //! - [`claim`]: the fenced lease (claim, heartbeat, release) and "render once";
 //! - [`calls`]: bookkeeping of upstream calls (a call starting, a refund, the attempt history);
 //! - [`settle`]: the end of a generation (outcome + attempt + event + outbox row, one
-//!   transaction) and unreadable messages;
+//!   statement for many requests) and unreadable messages;
+//! - [`batch`]: group commit, the [`batch::Batcher`] that writes the hot path's claims and
+//!   settles many rows per statement;
 //! - [`outbox`]: stored outcome events and the queries of the outbox relay;
-//! - [`limits`]: the replica-wide rate limit and pause of each target ([`PgAdmission`]);
+//! - [`limits`]: the replica-wide rate limit and pause of each target ([`PgSlots`]);
 //! - [`replay`]: `orgprov replay` and the retention sweeps;
 //! - [`report`]: the read side of `orgprov status`.
 //!
@@ -13,6 +15,7 @@
 //! call, and the settle opens its own transaction after it. States and kinds are Rust enums
 //! here and readable text in the tables.
 
+pub mod batch;
 mod calls;
 mod claim;
 mod limits;
@@ -32,11 +35,12 @@ use crate::contract::{EventError, OutcomeEvent, RequestId};
 pub use crate::lifecycle::Outcome;
 use crate::lifecycle::{AttemptOutcome, CallKind};
 
-pub use claim::ClaimResult;
-pub use limits::PgAdmission;
+pub use claim::{ClaimResult, NewClaim};
+pub use limits::PgSlots;
 pub use outbox::Pending;
 pub use replay::{ReplayCandidate, ReplaySelection};
 pub use report::RequestReport;
+pub use settle::{Settle, Settled};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -109,11 +113,15 @@ pub struct Claim {
     pub generation: i64,
     /// The fencing token: every write of the holder is checked against it.
     pub token: i64,
-    pub prepared: Prepared,
+    pub prepared: std::sync::Arc<Prepared>,
     /// Create attempts made for this generation so far.
     pub attempts: i64,
     /// A create may have reached the upstream and no lookup has settled it since.
     pub needs_reconcile: bool,
+    /// The claim itself recorded the first create as starting ([`NewClaim::create_started`]):
+    /// the create goes out without admission or a statement of its own. `attempts` and
+    /// `needs_reconcile` are then as they were before it.
+    pub create_started: bool,
     /// Time since this generation started (the retry deadline counts from there).
     pub age: Duration,
 }
@@ -124,6 +132,12 @@ pub enum StoreError {
     LeaseLost(String),
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// A batch write failed as a whole (the database error, as text, for each item).
+    #[error("{0}")]
+    Batch(String),
+    /// The worker is shutting down: the batch writer is gone.
+    #[error("the batch writer has stopped")]
+    Closed,
 }
 
 /// One upstream call, for the attempt history.
@@ -161,10 +175,18 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
 
 impl Store {
     pub async fn connect(url: &str, max_connections: u32, naming: EventNaming) -> anyhow::Result<Store> {
-        let options: PgConnectOptions = url.parse()?;
+        // Every statement is planned for its own parameters: the hot path's statements take
+        // arrays whose length varies from one to hundreds, and a generic plan chosen while
+        // the tables were small (a hash join over `requests`, say) would stay for good and
+        // make every batch cost more as the tables grow.
+        let options: PgConnectOptions =
+            url.parse::<PgConnectOptions>()?.options([("plan_cache_mode", "force_custom_plan")]);
+        // No ping before handing out a connection: a round trip per statement on the hot path,
+        // and a broken connection fails its statement anyway, which every caller handles.
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Store { pool, naming })

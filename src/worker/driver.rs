@@ -3,6 +3,8 @@
 //! hand-backs and the settle — against the store, the provider and the clock. Every decision
 //! is the core's; everything here is I/O and the order it happens in.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
@@ -10,17 +12,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Disposition, TargetRuntime, Worker, jitter, store_trouble};
 use crate::contract::{ErrorCode, EventError, FailedData, OutcomeEvent, ProvisionedData, RequestId};
+use crate::delivery::{Queued, admitted};
 use crate::fault::{CrashPoint, crash_at, crash_soon};
 use crate::lifecycle::{CallKind, Decision, Lifecycle, Limits, Outcome, Step};
 use crate::providers::{Answered, CallError};
-use crate::store::{AttemptRecord, Claim, ClaimResult, EarlyFailure, Prepared, Store, StoreError};
+use crate::store::{AttemptRecord, Claim, ClaimResult, EarlyFailure, Prepared, Settle, Settled, Store, StoreError};
 use crate::telemetry::METRICS;
 
 /// A message that yielded a request_id: what the claim is keyed and checked by.
 pub(super) struct Keyed<'a> {
     pub request_id: &'a RequestId,
     pub content_hash: &'a str,
-    pub document: &'a serde_json::Value,
+    /// The request as received, stored when the claim creates the row.
+    pub document: Option<&'a serde_json::Value>,
 }
 
 impl Worker {
@@ -34,16 +38,15 @@ impl Worker {
     ) -> Disposition {
         let lease = Duration::from_secs(self.settings.worker.lease_secs);
         let Keyed { request_id, content_hash, document } = keyed;
-        let claim =
-            self.store.claim(request_id, content_hash, Some(document), &self.owner, lease, || prepare(runtime)).await;
+        let claim = self.store.claim(request_id, content_hash, document, &self.owner, lease, || prepare(runtime)).await;
         match claim {
-            Ok(ClaimResult::Finished { reemitted }) => {
+            Ok(ClaimResult::Finished { reemitted, publish }) => {
                 if reemitted {
                     METRICS.reemitted.inc();
                 } else {
                     METRICS.failed.inc();
                 }
-                self.relay_wake.notify_one();
+                self.publisher.publish(publish);
                 Disposition::Ack
             }
             Ok(ClaimResult::Busy { retry_in }) => {
@@ -71,7 +74,7 @@ impl Worker {
     }
 
     /// Runs the lifecycle of a claimed request, with the lease renewed alongside.
-    async fn drive(&self, claim: &Claim, rt: &TargetRuntime, abandon: &CancellationToken) -> Disposition {
+    pub(super) async fn drive(&self, claim: &Claim, rt: &TargetRuntime, abandon: &CancellationToken) -> Disposition {
         let lease = Duration::from_secs(self.settings.worker.lease_secs);
         let lost = CancellationToken::new();
         let _heartbeat =
@@ -91,11 +94,21 @@ impl Worker {
             claim.needs_reconcile,
             fastrand::Rng::new(),
         );
-        let run = Run { worker: self, claim, rt, lease, lost: &lost, abandon };
+        let run = Run {
+            worker: self,
+            claim,
+            rt,
+            lease,
+            lost: &lost,
+            abandon,
+            prestarted: AtomicBool::new(claim.create_started),
+            queued: Mutex::new(None),
+        };
         run.steps(&mut life).await
     }
 
-    /// Writes the outcome, attempt, event and outbox row in one fenced transaction.
+    /// Writes the outcome, attempt, event and outbox row, fenced by the claim's token, in the
+    /// next group commit; the message is acked after it.
     async fn settle(
         &self,
         claim: &Claim,
@@ -107,20 +120,21 @@ impl Worker {
         let provider =
             rt.map(|r| r.target.provider_name().to_owned()).unwrap_or_else(|| claim.prepared.provider.clone());
         let event = self.outcome_event(claim, provider, &outcome, attempts);
+        let (event_type, event_id) = (event.event_type, event.id.clone());
+        let settle = Arc::new(Settle::of(claim, outcome, record, event));
         let mut tries = 0;
         loop {
-            match self.store.settle(claim, &outcome, record.as_ref(), &event).await {
-                Ok(()) => {
+            match self.settles.submit(settle.clone()).await {
+                Ok(Settled::Done { .. }) => {
                     crash_at(CrashPoint::AfterCommit);
-                    match outcome {
+                    match settle.outcome {
                         Outcome::Succeeded { .. } => METRICS.provisioned.inc(),
                         Outcome::Failed { .. } => METRICS.failed.inc(),
                     }
-                    self.relay_wake.notify_one();
-                    tracing::info!(event_type = event.event_type, event_id = %event.id, "settled");
+                    tracing::info!(event_type, %event_id, "settled");
                     return Disposition::Ack;
                 }
-                Err(StoreError::LeaseLost(_)) => {
+                Ok(Settled::LeaseLost) => {
                     METRICS.lease_lost.inc();
                     tracing::warn!("lease lost before settle; the new holder reconciles");
                     return Disposition::Nak(Duration::from_secs(1));
@@ -185,6 +199,11 @@ struct Run<'a> {
     lost: &'a CancellationToken,
     /// Cancelled when the shutdown grace period is over.
     abandon: &'a CancellationToken,
+    /// The claim recorded the first create as starting, with its slot taken: that create
+    /// goes out at once.
+    prestarted: AtomicBool,
+    /// This request's place in the target's admission queue while it waits for a slot.
+    queued: Mutex<Option<Queued>>,
 }
 
 /// What became of a [`Step::Call`].
@@ -244,42 +263,41 @@ impl Run<'_> {
     /// Admission, the fenced "call starting" record, then the call itself; `Err` when the
     /// message must go back now.
     async fn call(&self, life: &mut Lifecycle, kind: CallKind) -> Result<Called, Disposition> {
-        // Wait for the rate limit and any pause before the call is recorded as started, so
-        // waiting (or dying while waiting) never uses up an attempt.
-        match self.rt.delivery.ready_in().await {
-            Ok(wait) if wait.is_zero() => {}
-            Ok(wait) => return Ok(Called::Held(life.throttled(wait))),
-            Err(e) => {
-                // The shared rate limiter lives in Postgres: no admission, no call.
-                tracing::warn!(error = %e, "rate limiter unavailable; handing the message back");
-                return Err(Disposition::Nak(jitter(Duration::from_secs(2))));
+        // A slot of the rate limit first, then the call is recorded as started: waiting (or
+        // dying while waiting) never uses up an attempt, and the upstream only ever sees calls
+        // recorded as started. A create the claim recorded already has both.
+        let prestarted = kind == CallKind::Create && self.prestarted.swap(false, Ordering::Relaxed);
+        if !prestarted {
+            if let Some(next) = self.admit(life).await? {
+                return Ok(Called::Held(next));
             }
-        }
-        match self.worker.store.begin_call(self.claim, kind, self.lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                METRICS.lease_lost.inc();
-                tracing::warn!("lease lost before an upstream call; not calling");
-                return Err(Disposition::Nak(Duration::from_secs(1)));
+            match self.worker.store.begin_call(self.claim, kind, self.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    METRICS.lease_lost.inc();
+                    tracing::warn!("lease lost before an upstream call; not calling");
+                    return Err(Disposition::Nak(Duration::from_secs(1)));
+                }
+                Err(e) => return Err(store_trouble(e)),
             }
-            Err(e) => return Err(store_trouble(e)),
         }
         life.started(kind);
         METRICS.upstream_calls.inc();
         let started_at = OffsetDateTime::now_utc();
         let clock = Instant::now();
         let (body, id) = (&self.claim.prepared.body, &self.claim.request_id);
+        // The call's first request holds the slot taken above.
         let (decision, status, error) = match kind {
             CallKind::Create => {
                 crash_soon(CrashPoint::DuringCall, Duration::from_millis(20));
-                let result = self.rt.provider.create(body, id).await;
+                let result = admitted(self.rt.provider.create(body, id)).await;
                 if result.is_ok() {
                     crash_at(CrashPoint::AfterCreate);
                 }
                 (life.create_answered(&result, Instant::now()), status_of(&result), error_of(&result))
             }
             CallKind::Lookup => {
-                let result = self.rt.provider.find(body, id).await;
+                let result = admitted(self.rt.provider.find(body, id)).await;
                 (life.lookup_answered(&result, Instant::now()), status_of(&result), error_of(&result))
             }
         };
@@ -293,6 +311,25 @@ impl Run<'_> {
             error: error.clone(),
         });
         Ok(Called::Answered { decision, record, error })
+    }
+
+    /// Takes a slot of the target for the next call. `Ok(None)`: taken. `Ok(Some(step))`:
+    /// none yet, wait (in place or handed back) as the core decides. `Err`: the shared rate
+    /// limiter cannot be reached, so no call; the message goes back.
+    async fn admit(&self, life: &Lifecycle) -> Result<Option<Step>, Disposition> {
+        let queued = self.queued.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let queued = queued.unwrap_or_else(|| self.rt.delivery.admission().queue());
+        match queued.acquire().await {
+            Ok(None) => Ok(None),
+            Ok(Some(wait)) => {
+                *self.queued.lock().unwrap_or_else(|p| p.into_inner()) = Some(queued);
+                Ok(Some(life.throttled(wait)))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rate limiter unavailable; handing the message back");
+                Err(Disposition::Nak(jitter(Duration::from_secs(2))))
+            }
+        }
     }
 
     /// Writes down what an answered call changed, and returns the next step; a settle takes

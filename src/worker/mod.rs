@@ -21,18 +21,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use self::driver::Keyed;
-use crate::bus::{self, Consumer, Relay};
+use crate::bus::{self, Consumer, Publisher, Relay};
 use crate::contract::{self, ErrorCode, EventError, ProvisionRequest, Rejection, SourceMessage};
 use crate::delivery::Delivery;
+use crate::fault::{CrashPoint, crash_at};
 use crate::providers::{self, Provider, Settings, Target};
-use crate::store::{EarlyFailure, PgAdmission, Store, StoreError};
+use crate::store::batch::{self, Batcher};
+use crate::store::{Claim, EarlyFailure, NewClaim, PgSlots, Settle, Settled, Store, StoreError};
 use crate::telemetry::METRICS;
 use crate::template::Templates;
 
@@ -55,12 +57,17 @@ pub struct Worker {
     settings: Settings,
     store: Store,
     client: async_nats::Client,
-    js: jetstream::Context,
     consumer: Consumer,
     targets: HashMap<String, Arc<TargetRuntime>>,
     templates: Arc<Templates>,
     owner: String,
-    relay_wake: Arc<Notify>,
+    /// Claims of requests seen for the first time, many per statement.
+    claims: Batcher<NewClaim, Option<Claim>>,
+    /// Settles, many per statement (group commit); committed events go to `publisher`.
+    settles: Batcher<Arc<Settle>, Settled>,
+    publisher: Publisher,
+    /// Taken by [`Worker::run`].
+    relay: std::sync::Mutex<Option<Relay>>,
 }
 
 /// A running worker, for the binary, the demo and the tests.
@@ -104,13 +111,13 @@ impl Worker {
         let max_wait = Duration::from_secs(settings.worker.max_inline_wait_secs);
         for target in targets {
             store.ensure_limit(&target.name).await?;
-            let admission = Arc::new(PgAdmission {
+            let slots = Arc::new(PgSlots {
                 store: store.clone(),
                 target: target.name.clone(),
                 per_second: target.rate_limit.per_second,
                 burst: target.rate_limit.burst,
             });
-            let delivery = Arc::new(Delivery::new(&target, admission, max_wait)?);
+            let delivery = Arc::new(Delivery::new(&target, slots, max_wait)?);
             let provider = providers::build(&target, delivery.clone());
             let slots = Arc::new(Semaphore::new(target.max_in_flight));
             runtimes.insert(target.name.clone(), Arc::new(TargetRuntime { target, provider, delivery, slots }));
@@ -121,16 +128,58 @@ impl Worker {
             std::process::id(),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
+        let (publisher, relay) = Relay::new(store.clone(), js.clone(), Duration::from_secs(1), Duration::from_secs(5));
+        let queue = settings.worker.max_in_flight.max(64);
+        let claims = {
+            let store = store.clone();
+            Batcher::spawn(
+                "claims",
+                WRITERS,
+                256,
+                queue,
+                batch::write(move |items| {
+                    let store = store.clone();
+                    async move { store.claim_new(items).await }.boxed()
+                }),
+            )
+        };
+        let settles = {
+            let (store, publisher) = (store.clone(), publisher.clone());
+            Batcher::spawn(
+                "settles",
+                WRITERS,
+                512,
+                queue,
+                batch::write(move |items| {
+                    let (store, publisher) = (store.clone(), publisher.clone());
+                    async move {
+                        let mut answers = store.settle(items).await?;
+                        if items.len() > 1 {
+                            crash_at(CrashPoint::AfterGroupCommit);
+                        }
+                        let committed = answers.iter_mut().filter_map(|a| match a {
+                            Settled::Done { publish } => publish.take(),
+                            Settled::LeaseLost => None,
+                        });
+                        publisher.publish(committed.collect());
+                        Ok(answers)
+                    }
+                    .boxed()
+                }),
+            )
+        };
         Ok(Worker {
             settings,
             store,
             client,
-            js,
             consumer,
             targets: runtimes,
             templates: Arc::new(templates),
             owner,
-            relay_wake: Arc::new(Notify::new()),
+            claims,
+            settles,
+            publisher,
+            relay: std::sync::Mutex::new(Some(relay)),
         })
     }
 
@@ -146,16 +195,13 @@ impl Worker {
         let tracker = TaskTracker::new();
         let abandon = CancellationToken::new();
         let relay_stop = CancellationToken::new();
-        let relay = tokio::spawn(
-            Relay {
-                store: self.store.clone(),
-                js: self.js.clone(),
-                wake: self.relay_wake.clone(),
-                poll: Duration::from_millis(500),
-                batch: 512,
+        let relay_stopper = relay_stop.clone();
+        let relay = self.relay.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let relay = tokio::spawn(async move {
+            if let Some(relay) = relay {
+                relay.run(relay_stop.clone(), Duration::from_secs(10)).await;
             }
-            .run(relay_stop.clone(), Duration::from_secs(10)),
-        );
+        });
         let sweeper = tokio::spawn(self.clone().sweep(shutdown.clone()));
         if !self.settings.worker.admin_addr.is_empty() {
             tokio::spawn(crate::admin::serve(
@@ -180,7 +226,7 @@ impl Worker {
         if let Err(e) = self.client.flush().await {
             tracing::warn!(error = %e, "could not flush acks to NATS");
         }
-        relay_stop.cancel();
+        relay_stopper.cancel();
         let _ = relay.await;
         let _ = sweeper.await;
         let left = self.store.unpublished_count().await.unwrap_or(-1);
@@ -203,7 +249,10 @@ impl Worker {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
                 _ = shutdown.cancelled() => return,
             };
-            let extra = permits.available_permits().min(255);
+            // No more than can start soon: a message fetched and then held waiting is lost
+            // for the ack wait if this process dies.
+            let room = self.room().await;
+            let extra = permits.available_permits().min(room.saturating_sub(1)).min(511);
             if extra > 0
                 && let Ok(p) = permits.clone().try_acquire_many_owned(extra as u32)
             {
@@ -244,6 +293,27 @@ impl Worker {
         }
     }
 
+    /// How many fetched messages could start soon, at least one: what every target has free
+    /// of its in-flight slots and of its rate for the next `max_inline_wait_secs`. When nothing
+    /// is free, waits a little for a slot to free up first.
+    async fn room(&self) -> usize {
+        let horizon = Duration::from_secs(self.settings.worker.max_inline_wait_secs);
+        let free = || {
+            self.targets
+                .values()
+                .map(|rt| rt.slots.available_permits().min(rt.delivery.admission().room(horizon)))
+                .fold(0usize, usize::saturating_add)
+        };
+        let mut room = free();
+        if room == 0 {
+            // A slot frees up as soon as a request of a full target ends; a throttled target's
+            // room comes back with time. Either way, look again shortly.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            room = free();
+        }
+        room.max(1)
+    }
+
     async fn sweep(self: Arc<Self>, shutdown: CancellationToken) {
         let age = Duration::from_secs(self.settings.worker.outbox_retention_secs);
         let history = Duration::from_secs(self.settings.worker.attempt_retention_days * 86_400);
@@ -281,7 +351,7 @@ impl Worker {
             Err(Rejection::Unreadable { reason, details }) => self.reject_unreadable(&message, &reason, details).await,
             Err(Rejection::Invalid { request_id, content_hash, document, reason, details }) => {
                 let span = tracing::info_span!("provision", request_id = %request_id);
-                let keyed = Keyed { request_id: &request_id, content_hash: &content_hash, document: &document };
+                let keyed = Keyed { request_id: &request_id, content_hash: &content_hash, document: Some(&document) };
                 let failure = EarlyFailure {
                     target: None,
                     provider: None,
@@ -296,7 +366,7 @@ impl Worker {
             }
             Ok(request) => {
                 let span = tracing::info_span!("provision", request_id = %request.request_id, target = %request.message.target);
-                self.provision(&request, &abandon).instrument(span).await
+                self.provision(request, &abandon).instrument(span).await
             }
         };
         dispose(&message, disposition).await;
@@ -323,9 +393,9 @@ impl Worker {
         let source = SourceMessage { stream, sequence, msg_id };
         tracing::warn!(stream = %source.stream, sequence, %reason, "unreadable request message");
         match self.store.reject_unreadable(&source, reason, details).await {
-            Ok(()) => {
+            Ok(publish) => {
                 METRICS.failed.inc();
-                self.relay_wake.notify_one();
+                self.publisher.publish(publish);
                 Disposition::Ack
             }
             Err(e) => store_trouble(e),
@@ -335,22 +405,67 @@ impl Worker {
     /// A valid request: takes a slot of its target (or hands the message straight back when
     /// the target is full, so it never holds more than its own share of the worker) and
     /// drives it.
-    async fn provision(&self, request: &ProvisionRequest, abandon: &CancellationToken) -> Disposition {
+    async fn provision(&self, request: ProvisionRequest, abandon: &CancellationToken) -> Disposition {
         let runtime = self.targets.get(&request.message.target);
-        let _slot = match runtime.map(|rt| rt.slots.clone().try_acquire_owned()) {
-            Some(Err(_)) => {
-                tracing::debug!("target full; handing the message back");
-                return Disposition::Nak(jitter(Duration::from_millis(500)));
-            }
-            Some(Ok(slot)) => Some(slot),
+        let _slot = match runtime {
+            Some(rt) => match target_slot(rt).await {
+                Some(slot) => Some(slot),
+                None => {
+                    tracing::debug!("target full; handing the message back");
+                    return Disposition::Nak(jitter(Duration::from_millis(500)));
+                }
+            },
             None => None,
         };
-        let keyed =
-            Keyed { request_id: &request.request_id, content_hash: &request.content_hash, document: &request.document };
-        let templates = &self.templates;
-        let prepare = |rt: Option<&TargetRuntime>| prepare::prepare(request, rt, templates);
-        self.claim_and_drive(keyed, runtime.map(|rt| &**rt), abandon, prepare).await
+        let runtime = runtime.map(|rt| &**rt);
+        // Rendered before the claim, so a request seen for the first time is claimed (and its
+        // first create recorded as starting) by one batched insert; a request whose row exists
+        // already keeps its stored rendering (render once).
+        let prepared = prepare::prepare(&request, runtime, &self.templates);
+        let ProvisionRequest { request_id, content_hash, document, .. } = request;
+        let (prepared, document) = match (prepared, runtime) {
+            (Ok(prepared), Some(rt)) => {
+                let prepared = Arc::new(prepared);
+                let claim = NewClaim {
+                    request_id: request_id.clone(),
+                    content_hash: content_hash.clone(),
+                    document,
+                    prepared: prepared.clone(),
+                    owner: self.owner.clone(),
+                    lease: Duration::from_secs(self.settings.worker.lease_secs),
+                    create_started: rt.delivery.admission().try_now().await,
+                };
+                match self.claims.submit(claim).await {
+                    Ok(Some(claim)) => {
+                        crash_at(CrashPoint::AfterClaim);
+                        return self.drive(&claim, rt, abandon).await;
+                    }
+                    // The row exists: the claim below reads it (its document is stored).
+                    Ok(None) => (Ok(Arc::unwrap_or_clone(prepared)), None),
+                    Err(e) => return store_trouble(e),
+                }
+            }
+            (prepared, _) => (prepared, Some(document)),
+        };
+        let keyed = Keyed { request_id: &request_id, content_hash: &content_hash, document: document.as_ref() };
+        self.claim_and_drive(keyed, runtime, abandon, move |_| prepared).await
     }
+}
+
+/// Statements in flight at once per kind of batch (claims, settles).
+const WRITERS: usize = 4;
+
+/// How long a message waits for a slot of its full target before it is handed back. Slots of
+/// a busy target free up within milliseconds; a slow or paused target's messages go back to
+/// JetStream soon, so they never hold the worker's permits for long.
+const TARGET_WAIT: Duration = Duration::from_millis(250);
+
+/// One of the target's in-flight slots, waiting [`TARGET_WAIT`] at most.
+async fn target_slot(rt: &TargetRuntime) -> Option<OwnedSemaphorePermit> {
+    if let Ok(slot) = rt.slots.clone().try_acquire_owned() {
+        return Some(slot);
+    }
+    tokio::time::timeout(TARGET_WAIT, rt.slots.clone().acquire_owned()).await.ok()?.ok()
 }
 
 /// Acks or NAKs the message. A lost ack means a redelivery, which re-emits the stored

@@ -1,0 +1,722 @@
+//! `orgprov bench`: how fast the whole pipeline runs on this machine, measured in one run.
+//! Compiled only with the `simulator` feature.
+//!
+//! Every part runs on the configured NATS and Postgres, on streams, subjects and a database of
+//! its own (removed afterwards), against an in-process provider simulator (Auth0, no faults, no
+//! rate limit). Workers are real `orgprov worker` processes (this binary) with the default
+//! settings, so what is measured is what a deployment gets; only the names, the URLs and a
+//! target whose rate limit is far above the load are set.
+//!
+//! - **ceilings**: JetStream alone (publish, pull-consume and ack with the worker's stream
+//!   settings) and Postgres alone (two autocommit statements per request at the worker's pool
+//!   size);
+//! - **drain**: a backlog published first, then drained by 1 or 3 workers, at each upstream
+//!   latency; rate from the first outcome to the last, and as a ratio of the lower ceiling;
+//! - **latency**: publish → outcome event at an offered rate, p50/p99/max;
+//! - **memory**: a large backlog drained by one worker: its peak RSS, and the drain rate of
+//!   the first and the last tenth.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer};
+use clap::{Args, ValueEnum};
+use futures::StreamExt;
+use orgprov_sim::{Faults, Simulator, SimulatorConfig};
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::bus;
+use crate::config::NatsSettings;
+use crate::contract::{FAILED_TYPE, PROVISIONED_TYPE};
+use crate::providers::Settings;
+use crate::store::{EventNaming, Store};
+
+const BUILTIN_TEMPLATE: &str = include_str!("../templates/standard.toml");
+const SECRET_VAR: &str = "ORGPROV_BENCH_SIM_SECRET";
+const TARGET: &str = "bench-auth0";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    Ceilings,
+    Drain,
+    Latency,
+    Memory,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Parts to run (repeatable; all by default).
+    #[arg(long = "only", value_enum)]
+    pub only: Vec<Part>,
+    /// Requests in each drain run.
+    #[arg(long, default_value_t = 10_000)]
+    pub backlog: usize,
+    /// Worker processes of the drain runs (repeatable).
+    #[arg(long = "workers", default_values_t = [1, 3])]
+    pub workers: Vec<usize>,
+    /// Upstream latencies of the drain runs, in milliseconds (repeatable).
+    #[arg(long = "upstream-latency-ms", default_values_t = [0, 20])]
+    pub upstream_latencies: Vec<u64>,
+    /// Offered rates of the latency runs, requests per second (repeatable).
+    #[arg(long = "rate", default_values_t = [500.0, 20.0])]
+    pub rates: Vec<f64>,
+    /// Seconds each latency run offers its rate.
+    #[arg(long, default_value_t = 10)]
+    pub latency_secs: u64,
+    /// Requests in the memory run.
+    #[arg(long, default_value_t = 100_000)]
+    pub memory_backlog: usize,
+    /// Messages (JetStream) and requests (Postgres) of each ceiling run.
+    #[arg(long, default_value_t = 20_000)]
+    pub ceiling_count: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    machine: Machine,
+    ceilings: Option<Ceilings>,
+    drains: Vec<Drain>,
+    latencies: Vec<Latency>,
+    memory: Option<Drain>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Machine {
+    cpus: usize,
+    postgres: Vec<(String, String)>,
+    nats_server: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Ceilings {
+    /// Messages per second through publish, pull-consume and ack.
+    jetstream_per_sec: f64,
+    /// Requests per second, each two autocommit statements.
+    postgres_per_sec: f64,
+    pool_size: u32,
+}
+
+impl Ceilings {
+    fn lower(&self) -> f64 {
+        self.jetstream_per_sec.min(self.postgres_per_sec)
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Drain {
+    requests: usize,
+    workers: usize,
+    upstream_latency_ms: u64,
+    /// From the first outcome to the last.
+    per_sec: f64,
+    /// The rate over the first and the last tenth of the outcomes.
+    first_tenth_per_sec: f64,
+    last_tenth_per_sec: f64,
+    seconds: f64,
+    creates: usize,
+    lookups: usize,
+    /// Peak resident set of the largest worker process, in MiB (Linux `VmHWM`).
+    peak_rss_mib: f64,
+    /// CPU time the workers used, per request, in microseconds.
+    worker_cpu_us_per_request: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    offered_per_sec: f64,
+    requests: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    let wants = |p: Part| args.only.is_empty() || args.only.contains(&p);
+    let bench = Bench::start(settings).await?;
+    let mut report = Report { machine: bench.machine().await, ..Report::default() };
+    progress(&format!(
+        "machine: {} CPUs, nats-server {}, Postgres {}",
+        report.machine.cpus,
+        report.machine.nats_server,
+        report.machine.postgres.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    ));
+    if wants(Part::Ceilings) {
+        report.ceilings = Some(bench.ceilings(args.ceiling_count).await?);
+    }
+    if wants(Part::Drain) {
+        for &latency in &args.upstream_latencies {
+            for &workers in &args.workers {
+                report.drains.push(bench.drain(args.backlog, workers, latency).await?);
+            }
+        }
+    }
+    if wants(Part::Latency) {
+        for &rate in &args.rates {
+            report.latencies.push(bench.latency(rate, Duration::from_secs(args.latency_secs)).await?);
+        }
+    }
+    if wants(Part::Memory) {
+        report.memory = Some(bench.drain(args.memory_backlog, 1, 0).await?);
+    }
+    bench.sim.shutdown().await;
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        progress(&format!("wrote {}", path.display()));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress(line: &str) {
+    eprintln!("[bench] {line}");
+}
+
+/// What every part shares: the configuration to start from, the simulator, this binary.
+struct Bench {
+    base: Settings,
+    sim: Simulator,
+    secret: String,
+    exe: PathBuf,
+    dir: PathBuf,
+}
+
+/// The names and files of one part's run.
+struct Scenario {
+    settings: Settings,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Bench {
+    async fn start(base: Settings) -> anyhow::Result<Bench> {
+        let sim_config = SimulatorConfig::default();
+        let secret = sim_config.client_secret.clone();
+        let sim = Simulator::start("127.0.0.1:0".parse()?, sim_config).await?;
+        let dir = std::env::temp_dir().join(format!("orgprov-bench-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("templates"))?;
+        std::fs::write(dir.join("templates/standard.toml"), BUILTIN_TEMPLATE)?;
+        Ok(Bench { base, sim, secret, exe: std::env::current_exe()?, dir })
+    }
+
+    async fn machine(&self) -> Machine {
+        let cpus = std::thread::available_parallelism().map(usize::from).unwrap_or(0);
+        let mut postgres = Vec::new();
+        if let Ok(store) = Store::connect(&admin_url(&self.base.postgres.url), 1, naming()).await {
+            let names = [
+                "server_version",
+                "fsync",
+                "synchronous_commit",
+                "wal_sync_method",
+                "full_page_writes",
+                "autovacuum",
+                "shared_buffers",
+                "max_wal_size",
+                "checkpoint_timeout",
+                "commit_delay",
+            ];
+            let rows: Vec<(String, String)> = sqlx::query_as(
+                "SELECT name, setting || COALESCE(unit, '') FROM pg_settings WHERE name = ANY($1) ORDER BY name",
+            )
+            .bind(&names[..])
+            .fetch_all(store.pool())
+            .await
+            .unwrap_or_default();
+            postgres = rows;
+        }
+        let nats_server = match bus::connect(&self.base.nats.url).await {
+            Ok(c) => c.server_info().version,
+            Err(_) => "unknown".into(),
+        };
+        Machine { cpus, postgres, nats_server }
+    }
+
+    /// Fresh streams, subjects, consumer and database, and the worker config for them.
+    fn scenario(&self, upstream_latency_ms: u64) -> anyhow::Result<Scenario> {
+        let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        let mut settings = self.base.clone();
+        let n = &mut settings.nats;
+        n.subject_prefix = format!("bench-{run}.");
+        n.requests_stream = format!("BENCH_{run}_REQUESTS");
+        n.events_stream = format!("BENCH_{run}_EVENTS");
+        n.consumer = format!("bench-{run}");
+        settings.postgres.url = with_database(&self.base.postgres.url, &format!("orgprov_bench_{run}"));
+        self.sim.set_faults(Faults { latency_ms: upstream_latency_ms, ..Faults::default() });
+        let config = self.dir.join(format!("{run}.toml"));
+        let text = format!(
+            "templates_dir = {templates:?}\n\
+             [nats]\nurl = {nats:?}\nsubject_prefix = {prefix:?}\nrequests_stream = {requests:?}\n\
+             events_stream = {events:?}\nconsumer = {consumer:?}\n\
+             [postgres]\nurl = {pg:?}\n\
+             [targets.{TARGET}]\nprovider = \"auth0\"\nbase_url = {base:?}\nclient_id = \"orgprov-sim\"\n\
+             client_secret_env = {SECRET_VAR:?}\nrate_limit = {{ per_second = 1000000.0, burst = 100000 }}\n",
+            templates = self.dir.join("templates").display().to_string(),
+            nats = settings.nats.url,
+            prefix = settings.nats.subject_prefix,
+            requests = settings.nats.requests_stream,
+            events = settings.nats.events_stream,
+            consumer = settings.nats.consumer,
+            pg = settings.postgres.url,
+            base = self.sim.base_url("auth0"),
+        );
+        std::fs::write(&config, text)?;
+        Ok(Scenario { settings, config, log: self.dir.join(format!("{run}.log")) })
+    }
+
+    fn spawn_worker(&self, s: &Scenario) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&s.log)?;
+        let child = std::process::Command::new(&self.exe)
+            .args(["--config", &s.config.display().to_string(), "worker"])
+            .env(SECRET_VAR, &self.secret)
+            .env("ORGPROV_LOG", std::env::var("ORGPROV_BENCH_WORKER_LOG").unwrap_or_else(|_| "warn".into()))
+            .env_remove("ORGPROV_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        Ok(child)
+    }
+
+    async fn ceilings(&self, count: usize) -> anyhow::Result<Ceilings> {
+        let s = self.scenario(0)?;
+        let client = bus::connect(&s.settings.nats.url).await?;
+        let js = bus::context(client.clone());
+        let consumer = bus::ensure_topology(&js, &s.settings.nats).await?;
+        let payloads: Vec<(String, Vec<u8>)> = (0..count).map(|i| request(&s.settings, "ceiling", i)).collect();
+
+        progress(&format!("ceiling: JetStream, {count} messages published, pulled and acked"));
+        let started = Instant::now();
+        let subject = s.settings.nats.requests_subject();
+        let publisher = {
+            let js = js.clone();
+            tokio::spawn(async move { publish_all(&js, &subject, &payloads).await })
+        };
+        let mut received = 0;
+        while received < count {
+            let wanted = (count - received).min(256);
+            let mut batch = consumer.batch().max_messages(wanted).expires(Duration::from_secs(2)).messages().await?;
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(|e| anyhow::anyhow!("pull: {e}"))?;
+                message.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+                received += 1;
+            }
+        }
+        client.flush().await?;
+        let jetstream_per_sec = count as f64 / started.elapsed().as_secs_f64();
+        publisher.await??;
+        remove_streams(&js, &s.settings.nats).await;
+
+        let pool_size = s.settings.postgres.max_connections;
+        progress(&format!("ceiling: Postgres, {count} requests of two autocommit statements, {pool_size} connections"));
+        crate::store::ensure_database(&s.settings.postgres.url).await?;
+        let store = Store::connect(&s.settings.postgres.url, pool_size, naming()).await?;
+        let pool = store.pool().clone();
+        sqlx::query(
+            "CREATE TABLE ceiling (request_id text PRIMARY KEY, state text NOT NULL, document jsonb,
+                                   updated_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .execute(&pool)
+        .await?;
+        let permits = Arc::new(Semaphore::new(pool_size as usize));
+        let started = Instant::now();
+        let mut tasks = Vec::with_capacity(count);
+        for i in 0..count {
+            let (pool, permit) = (pool.clone(), permits.clone().acquire_owned().await?);
+            tasks.push(tokio::spawn(async move {
+                let id = format!("ceiling-{i}");
+                sqlx::query("INSERT INTO ceiling (request_id, state, document) VALUES ($1, 'active', $2)")
+                    .bind(&id)
+                    .bind(json!({ "request_id": id, "organization": { "name": format!("org-{i}") } }))
+                    .execute(&pool)
+                    .await?;
+                sqlx::query("UPDATE ceiling SET state = 'succeeded', updated_at = now() WHERE request_id = $1")
+                    .bind(&id)
+                    .execute(&pool)
+                    .await?;
+                drop(permit);
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let postgres_per_sec = count as f64 / started.elapsed().as_secs_f64();
+        pool.close().await;
+        drop_database(&s.settings.postgres.url).await;
+        Ok(Ceilings { jetstream_per_sec, postgres_per_sec, pool_size })
+    }
+
+    /// Publishes `count` requests, then starts `workers` workers and waits for every outcome.
+    async fn drain(&self, count: usize, workers: usize, upstream_latency_ms: u64) -> anyhow::Result<Drain> {
+        let s = self.scenario(upstream_latency_ms)?;
+        let label = format!("drain: {count} requests, {workers} worker(s), upstream latency {upstream_latency_ms} ms");
+        progress(&label);
+        let client = bus::connect(&s.settings.nats.url).await?;
+        let js = bus::context(client.clone());
+        bus::ensure_topology(&js, &s.settings.nats).await?;
+        migrate(&s.settings).await?;
+        let creates_before = self.upstream_calls();
+        let subject = s.settings.nats.requests_subject();
+        let mut published = 0;
+        while published < count {
+            // Built and published in slices, so a large backlog is never held whole.
+            let slice: Vec<_> =
+                (published..count.min(published + 10_000)).map(|i| request(&s.settings, "d", i)).collect();
+            publish_all(&js, &subject, &slice).await?;
+            published += slice.len();
+        }
+        progress(&format!("  published {count}; starting the workers"));
+        let mut outcomes = Outcomes::subscribe(&js, &s.settings.nats).await?;
+        let mut children = (0..workers).map(|_| self.spawn_worker(&s)).collect::<anyhow::Result<Vec<_>>>()?;
+        let deadline = Instant::now() + Duration::from_secs(120 + (count / 200) as u64);
+        let mut peak_rss = 0.0f64;
+        let result = outcomes
+            .wait_for(count, deadline, |done| {
+                for c in &children {
+                    peak_rss = peak_rss.max(peak_rss_mib(c.id()));
+                }
+                progress(&format!("  {done}/{count} outcomes"));
+            })
+            .await;
+        for c in &children {
+            peak_rss = peak_rss.max(peak_rss_mib(c.id()));
+        }
+        let cpu: f64 = children.iter().map(|c| cpu_seconds(c.id())).sum();
+        stop_workers(&mut children);
+        let (creates, lookups) = self.upstream_calls_since(creates_before);
+        remove_streams(&js, &s.settings.nats).await;
+        drop_database(&s.settings.postgres.url).await;
+        let arrivals = result.map_err(|e| anyhow::anyhow!("{e}; worker log: {}", s.log.display()))?;
+        let rate = |from: usize, to: usize| {
+            let span = arrivals[to - 1].saturating_duration_since(arrivals[from]).as_secs_f64();
+            if span > 0.0 { (to - from - 1) as f64 / span } else { 0.0 }
+        };
+        let tenth = (count / 10).max(2);
+        let drain = Drain {
+            requests: count,
+            workers,
+            upstream_latency_ms,
+            per_sec: rate(0, count),
+            first_tenth_per_sec: rate(0, tenth),
+            last_tenth_per_sec: rate(count - tenth, count),
+            seconds: arrivals[count - 1].saturating_duration_since(arrivals[0]).as_secs_f64(),
+            creates,
+            lookups,
+            peak_rss_mib: peak_rss,
+            worker_cpu_us_per_request: cpu * 1e6 / count as f64,
+        };
+        progress(&format!(
+            "  {:.0} provisions/s, peak RSS {:.1} MiB, worker CPU {:.0} µs per request",
+            drain.per_sec, drain.peak_rss_mib, drain.worker_cpu_us_per_request
+        ));
+        Ok(drain)
+    }
+
+    /// Offers `rate` requests per second for `length` to one running worker.
+    async fn latency(&self, rate: f64, length: Duration) -> anyhow::Result<Latency> {
+        let s = self.scenario(0)?;
+        progress(&format!("latency: {rate} requests/s offered for {length:?}, 1 worker"));
+        let client = bus::connect(&s.settings.nats.url).await?;
+        let js = bus::context(client.clone());
+        bus::ensure_topology(&js, &s.settings.nats).await?;
+        migrate(&s.settings).await?;
+        let mut outcomes = Outcomes::subscribe(&js, &s.settings.nats).await?;
+        let mut children = vec![self.spawn_worker(&s)?];
+        let subject = s.settings.nats.requests_subject();
+        // One request first, so the worker is up before the clock starts.
+        publish_all(&js, &subject, &[request(&s.settings, "warm", 0)]).await?;
+        outcomes.wait_for(1, Instant::now() + Duration::from_secs(60), |_| {}).await?;
+
+        let count = (rate * length.as_secs_f64()).round().max(1.0) as usize;
+        let mut sent_at: HashMap<String, Instant> = HashMap::with_capacity(count);
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let mut acks = Vec::with_capacity(count);
+        for i in 0..count {
+            tick.tick().await;
+            let (id, payload) = request(&s.settings, "l", i);
+            let message = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(&id);
+            sent_at.insert(id, Instant::now());
+            acks.push(js.send_publish(subject.clone(), message).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let latencies = outcomes.latencies(&sent_at, deadline).await;
+        stop_workers(&mut children);
+        remove_streams(&js, &s.settings.nats).await;
+        drop_database(&s.settings.postgres.url).await;
+        let mut latencies = latencies.map_err(|e| anyhow::anyhow!("{e}; worker log: {}", s.log.display()))?;
+        latencies.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let pick = |p: f64| ms(latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]);
+        let result = Latency {
+            offered_per_sec: rate,
+            requests: count,
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+            max_ms: ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+        };
+        progress(&format!("  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", result.p50_ms, result.p99_ms, result.max_ms));
+        Ok(result)
+    }
+
+    /// Create and lookup calls the simulator has answered so far.
+    fn upstream_calls(&self) -> (usize, usize) {
+        let requests = self.sim.requests();
+        let creates = requests.iter().filter(|r| r.method == "POST" && r.path.ends_with("/organizations")).count();
+        let lookups = requests.iter().filter(|r| r.method == "GET" && r.path.contains("/organizations")).count();
+        (creates, lookups)
+    }
+
+    fn upstream_calls_since(&self, before: (usize, usize)) -> (usize, usize) {
+        let now = self.upstream_calls();
+        (now.0 - before.0, now.1 - before.1)
+    }
+}
+
+/// The outcome events of a run, read from its events stream.
+struct Outcomes {
+    messages: consumer::pull::Stream,
+    seen: std::collections::HashSet<String>,
+}
+
+impl Outcomes {
+    async fn subscribe(js: &jetstream::Context, n: &NatsSettings) -> anyhow::Result<Outcomes> {
+        let stream = js.get_stream(&n.events_stream).await?;
+        let consumer = stream
+            .create_consumer(consumer::pull::Config {
+                ack_policy: consumer::AckPolicy::None,
+                deliver_policy: consumer::DeliverPolicy::All,
+                filter_subjects: vec![n.event_subject(PROVISIONED_TYPE), n.event_subject(FAILED_TYPE)],
+                ..Default::default()
+            })
+            .await?;
+        Ok(Outcomes { messages: consumer.messages().await?, seen: Default::default() })
+    }
+
+    /// The next request id with an outcome not seen before.
+    async fn next_new(&mut self, deadline: Instant) -> anyhow::Result<Option<String>> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let message = match tokio::time::timeout(left.min(Duration::from_secs(1)), self.messages.next()).await {
+                Err(_) if left <= Duration::from_secs(1) => anyhow::bail!("no outcome before the deadline"),
+                Err(_) => return Ok(None),
+                Ok(None) => anyhow::bail!("the events consumer ended"),
+                Ok(Some(m)) => m.map_err(|e| anyhow::anyhow!("events: {e}"))?,
+            };
+            let event: serde_json::Value = serde_json::from_slice(&message.payload)?;
+            if event["type"] != PROVISIONED_TYPE {
+                anyhow::bail!("a request failed: {}", event["data"]["error"]);
+            }
+            let id = event["subject"].as_str().unwrap_or_default().to_owned();
+            if self.seen.insert(id.clone()) {
+                return Ok(Some(id));
+            }
+        }
+    }
+
+    /// Waits for `count` distinct outcomes; their arrival times, in order. `tick` runs about
+    /// once a second with the count so far.
+    async fn wait_for(
+        &mut self,
+        count: usize,
+        deadline: Instant,
+        mut tick: impl FnMut(usize),
+    ) -> anyhow::Result<Vec<Instant>> {
+        let mut arrivals = Vec::with_capacity(count);
+        let mut last_tick = Instant::now();
+        while arrivals.len() < count {
+            if self.next_new(deadline).await?.is_some() {
+                arrivals.push(Instant::now());
+            }
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                tick(arrivals.len());
+                last_tick = Instant::now();
+            }
+        }
+        Ok(arrivals)
+    }
+
+    /// Publish → outcome time of every request in `sent_at`.
+    async fn latencies(
+        &mut self,
+        sent_at: &HashMap<String, Instant>,
+        deadline: Instant,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let mut latencies = Vec::with_capacity(sent_at.len());
+        while latencies.len() < sent_at.len() {
+            if let Some(id) = self.next_new(deadline).await?
+                && let Some(t) = sent_at.get(&id)
+            {
+                latencies.push(t.elapsed());
+            }
+        }
+        Ok(latencies)
+    }
+}
+
+/// A request of run `settings` (id and payload); `kind` and `i` make the id and name.
+fn request(settings: &Settings, kind: &str, i: usize) -> (String, Vec<u8>) {
+    let run = settings.nats.consumer.trim_start_matches("bench-");
+    let id = format!("bench-{run}-{kind}-{i:07}");
+    let body = json!({
+        "request_id": id, "target": TARGET, "template": "standard", "source": "bench",
+        "organization": { "name": format!("b{run}-{kind}-{i:07}"), "metadata": { "crm_id": i.to_string() } }
+    });
+    (id, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+/// Publishes with `Nats-Msg-Id` = request id, many acks outstanding at a time.
+async fn publish_all(js: &jetstream::Context, subject: &str, requests: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    for chunk in requests.chunks(1000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (id, payload) in chunk {
+            let message = jetstream::message::PublishMessage::build().payload(payload.clone().into()).message_id(id);
+            acks.push(js.send_publish(subject.to_owned(), message).await?);
+        }
+        for ack in acks {
+            ack.await?;
+        }
+    }
+    Ok(())
+}
+
+async fn migrate(settings: &Settings) -> anyhow::Result<()> {
+    crate::store::ensure_database(&settings.postgres.url).await?;
+    let store = Store::connect(&settings.postgres.url, 1, naming()).await?;
+    store.migrate().await?;
+    store.pool().close().await;
+    Ok(())
+}
+
+fn stop_workers(children: &mut [Child]) {
+    for c in children.iter_mut() {
+        let _ = c.kill();
+    }
+    for c in children.iter_mut() {
+        let _ = c.wait();
+    }
+}
+
+async fn remove_streams(js: &jetstream::Context, n: &NatsSettings) {
+    let _ = js.delete_stream(&n.requests_stream).await;
+    let _ = js.delete_stream(&n.events_stream).await;
+}
+
+async fn drop_database(url: &str) {
+    let Some((_, name)) = url.rsplit_once('/') else { return };
+    if let Ok(store) = Store::connect(&admin_url(url), 1, naming()).await {
+        let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(store.pool()).await;
+        store.pool().close().await;
+    }
+}
+
+/// `url` with its database replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = match base.rfind('/') {
+        Some(i) if i > base.find("://").map_or(0, |s| s + 2) => &base[..i],
+        _ => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+fn admin_url(url: &str) -> String {
+    with_database(url, "postgres")
+}
+
+fn naming() -> EventNaming {
+    EventNaming { source: "orgprov-bench".into(), subject_prefix: String::new() }
+}
+
+/// Peak resident set of process `pid` in MiB (`VmHWM`); 0 where /proc does not tell.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds; 0 where /proc does
+/// not tell.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name; 100 ticks/s.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn print_table(r: &Report) {
+    let lower = r.ceilings.as_ref().map(Ceilings::lower);
+    let ratio = |v: f64| lower.map_or(String::new(), |c| format!("{:>5.0} %", 100.0 * v / c));
+    println!();
+    println!("orgprov bench: {} CPUs, nats-server {}", r.machine.cpus, r.machine.nats_server);
+    let pg: Vec<String> = r.machine.postgres.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("Postgres: {}", pg.join(" "));
+    println!();
+    println!("{:<58} {:>12} {:>9}", "measure", "value", "/ceiling");
+    if let Some(c) = &r.ceilings {
+        println!("{:<58} {:>10.0}/s", "ceiling: JetStream publish + pull-consume + ack", c.jetstream_per_sec);
+        let pg = format!("ceiling: Postgres, 2 autocommit statements, {} connections", c.pool_size);
+        println!("{pg:<58} {:>10.0}/s", c.postgres_per_sec);
+    }
+    for d in &r.drains {
+        let label =
+            format!("drain {} requests, {} worker(s), upstream {} ms", d.requests, d.workers, d.upstream_latency_ms);
+        println!("{label:<58} {:>10.0}/s {}", d.per_sec, ratio(d.per_sec));
+        let extra = format!(
+            "  first/last tenth {:.0}/{:.0}/s; {:.2} lookups per request; worker CPU {:.0} µs per request",
+            d.first_tenth_per_sec,
+            d.last_tenth_per_sec,
+            d.lookups as f64 / d.requests as f64,
+            d.worker_cpu_us_per_request
+        );
+        println!("{extra}");
+    }
+    for l in &r.latencies {
+        let label = format!("latency at {} requests/s offered (p50 / p99 / max)", l.offered_per_sec);
+        println!("{label:<58} {:>6.1} / {:.1} / {:.1} ms", l.p50_ms, l.p99_ms, l.max_ms);
+    }
+    if let Some(m) = &r.memory {
+        let label = format!("memory: {} backlog, 1 worker: peak RSS", m.requests);
+        println!("{label:<58} {:>8.1} MiB", m.peak_rss_mib);
+        let flat = if m.first_tenth_per_sec > 0.0 { 100.0 * m.last_tenth_per_sec / m.first_tenth_per_sec } else { 0.0 };
+        let label = "  drain rate, first tenth → last tenth";
+        println!(
+            "{label:<58} {:>6.0} → {:.0}/s ({flat:.0} %) {}",
+            m.first_tenth_per_sec,
+            m.last_tenth_per_sec,
+            ratio(m.per_sec)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_names_are_swapped_in_urls() {
+        assert_eq!(with_database("postgres://u@h:5432/orgprov", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u@h:5432", "x"), "postgres://u@h:5432/x");
+        assert_eq!(with_database("postgres://u:p@h/db?sslmode=disable", "x"), "postgres://u:p@h/x?sslmode=disable");
+    }
+}

@@ -22,6 +22,8 @@ pub mod delivery;
 pub mod demo;
 pub mod fault;
 pub mod lifecycle;
+pub mod plan;
+pub mod prepare;
 pub mod providers;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,6 @@
-//! The command line: `worker`, `migrate`, `simulate`, `submit`, `status`, `demo`, `replay`.
+//! The command line: `worker`, `migrate`, `simulate`, `submit`, `plan`, `bulk`, `status`,
+//! `demo`, `replay`. `plan` and `bulk` live in their own modules ([`crate::plan`],
+//! [`crate::bulk`]); this one parses and dispatches.
 //!
 //! `simulate` and `demo` need the provider simulator (crate `orgprov-sim`, default feature
 //! `simulator`). A build without it still knows both commands, so scripts get a clear answer
@@ -18,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigError;
 use crate::contract::{self, ErrorCode, OrganizationInput, RequestMessage};
+pub use crate::plan::PlanArgs;
 use crate::providers::Settings;
 use crate::store::{EventNaming, ReplayCandidate, RequestState, Store};
 use crate::template::Templates;
@@ -63,6 +66,9 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Publish one request and wait for its outcome.
     Submit(SubmitArgs),
+    /// Dry run of one request: the rendered organization, the exact HTTP request and every
+    /// rule it breaks. Needs only the configuration and templates (no NATS, Postgres, secret).
+    Plan(PlanArgs),
     /// Print a request, its attempts and its events from Postgres.
     Status { request_id: String },
     /// Run the whole pipeline on local NATS and Postgres against the built-in simulator.
@@ -158,6 +164,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(&settings).await,
         Command::Simulate(args) => simulate(args).await,
         Command::Submit(args) => submit(&settings, args).await,
+        Command::Plan(args) => Ok(crate::plan::run(&settings, &args)),
         Command::Status { request_id } => status(&settings, &request_id).await,
         Command::Demo(args) => demo(settings, args).await,
         Command::Replay(args) => replay(&settings, args).await,

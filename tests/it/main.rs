@@ -10,6 +10,7 @@ mod helpers;
 mod layout;
 mod mixed;
 mod pipeline;
+mod plan;
 mod providers_biot;
 mod providers_logto;
 mod providers_secureauth;

@@ -18,6 +18,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::bulk::BulkArgs;
 use crate::config::ConfigError;
 use crate::contract::{self, ErrorCode, OrganizationInput, RequestMessage};
 pub use crate::plan::PlanArgs;
@@ -69,6 +70,9 @@ pub enum Command {
     /// Dry run of one request: the rendered organization, the exact HTTP request and every
     /// rule it breaks. Needs only the configuration and templates (no NATS, Postgres, secret).
     Plan(PlanArgs),
+    /// Onboard many organizations from a CSV or NDJSON file: check every row, publish, wait
+    /// for the outcomes with a progress bar, write a results file. Rerun to resume.
+    Bulk(BulkArgs),
     /// Print a request, its attempts and its events from Postgres.
     Status { request_id: String },
     /// Run the whole pipeline on local NATS and Postgres against the built-in simulator.
@@ -165,6 +169,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Simulate(args) => simulate(args).await,
         Command::Submit(args) => submit(&settings, args).await,
         Command::Plan(args) => Ok(crate::plan::run(&settings, &args)),
+        Command::Bulk(args) => bulk(&settings, args).await,
         Command::Status { request_id } => status(&settings, &request_id).await,
         Command::Demo(args) => demo(settings, args).await,
         Command::Replay(args) => replay(&settings, args).await,
@@ -366,6 +371,14 @@ async fn submit(settings: &Settings, args: SubmitArgs) -> anyhow::Result<ExitCod
             Ok(ExitCode::from(3))
         }
     }
+}
+
+async fn bulk(settings: &Settings, args: BulkArgs) -> anyhow::Result<ExitCode> {
+    let interrupt = CancellationToken::new();
+    tokio::spawn(signals(interrupt.clone()));
+    let invocation: Vec<String> = std::env::args().collect();
+    let report = crate::bulk::run(settings, &args, &invocation, interrupt).await?;
+    Ok(ExitCode::from(report.exit))
 }
 
 fn exit_for(event_type: Option<&str>) -> ExitCode {

@@ -13,6 +13,7 @@
 //! the provider simulator (crate `orgprov-sim`); without it the worker has no simulator code.
 
 pub mod admin;
+pub mod bulk;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -284,8 +284,19 @@ fn rejected(rejection: &Rejection) -> Vec<Violation> {
                     .filter_map(Value::as_str)
                     .map(|p| {
                         let (path, message) = p.split_once(": ").unwrap_or(("", p));
-                        let field = path.trim_start_matches('/').replace('/', ".");
-                        let field = (!field.is_empty() && field != "(root)").then_some(field);
+                        let mut field = path.trim_start_matches('/').replace('/', ".");
+                        if field == "(root)" {
+                            field.clear();
+                        }
+                        // A missing property is about that property, not the object holding it.
+                        if let Some(missing) = message
+                            .strip_suffix(" is a required property")
+                            .and_then(|q| q.strip_prefix('"'))
+                            .and_then(|q| q.strip_suffix('"'))
+                        {
+                            field = if field.is_empty() { missing.to_owned() } else { format!("{field}.{missing}") };
+                        }
+                        let field = (!field.is_empty()).then_some(field);
                         let shown = match &field {
                             Some(f) => format!("{f}: {message}"),
                             None => message.to_owned(),

@@ -2,6 +2,7 @@
 //! One test binary (zero2prod style); each module is a group of user stories.
 
 mod bad_input;
+mod bulk;
 mod chaos;
 mod crash;
 mod crash_points;

@@ -23,7 +23,7 @@ fn upstream(provider: &'static str, target: &'static str, create_path: &'static 
 
 async fn env_of(case: &Case) -> TestEnv {
     let u = &case.upstream;
-    let env = if u.provider == "secureauth" {
+    if u.provider == "secureauth" {
         let settings = secureauth::Settings { tenant: "acme".into(), ..Default::default() };
         let env = u.env(SimulatorConfig::default(), |t| t.provider = settings.into()).await;
         // The organization template `templates/secureauth-standard.toml` names.
@@ -34,8 +34,7 @@ async fn env_of(case: &Case) -> TestEnv {
         env
     } else {
         u.env(SimulatorConfig::default(), |_| {}).await
-    };
-    env
+    }
 }
 
 fn request_of(env: &TestEnv, case: &Case) -> Value {
@@ -94,6 +93,7 @@ async fn plan_matches_what_the_worker_sends(case: Case) {
     assert_eq!(sent.query, None);
     let body: Value = serde_json::from_str(&sent.body).expect("the create body is JSON");
     assert_eq!(planned["body"], body, "{}: plan's body is the body sent", u.provider);
+    assert_eq!(sent.body, serde_json::to_string(&planned["body"]).unwrap(), "{}: byte for byte", u.provider);
     assert_eq!(sent.idempotency_key.as_deref(), request["request_id"].as_str());
     let headers = planned["headers"].as_object().expect("headers");
     for name in ["Authorization", "Content-Type", "Idempotency-Key", "User-Agent", "Content-Length"] {

@@ -726,34 +726,40 @@ async fn flush(file: &mut ResultsFile, batch: &mut Vec<ResultRow>, store: &Store
 fn print_summary(file: &Path, report: &Report, took: Duration) {
     let c = report.counts.clone().unwrap_or_default();
     let failed_codes: Vec<String> = c.failed_by_code.iter().map(|(code, n)| format!("{code} {n}")).collect();
-    println!();
-    println!("bulk summary: {}", file.display());
-    println!("  rows                {:>8}", c.rows);
-    println!("  provisioned         {:>8}   ({} adopted after a lost response)", c.provisioned, c.adopted);
-    println!("  failed              {:>8}   {}", c.failed, failed_codes.join(", "));
-    println!(
-        "  invalid             {:>8}   {}",
-        c.invalid,
-        if c.invalid > 0 { "not published (--skip-invalid)" } else { "" }
-    );
-    println!("  pending             {:>8}", c.pending);
-    println!(
-        "  published this run  {:>8}   ({} already queued, dropped by JetStream's dedupe)",
-        report.published, report.duplicates
-    );
-    println!(
-        "  not published       {:>8}   (had an outcome or were in work before this run)",
-        report.had_outcome + report.in_work
-    );
-    println!("  took                {:>8}", clock(took));
+    let mut lines = vec![
+        String::new(),
+        format!("bulk summary: {}", file.display()),
+        format!("  rows                {:>8}", c.rows),
+        format!("  provisioned         {:>8}   ({} adopted after a lost response)", c.provisioned, c.adopted),
+        format!("  failed              {:>8}   {}", c.failed, failed_codes.join(", ")),
+        format!(
+            "  invalid             {:>8}   {}",
+            c.invalid,
+            if c.invalid > 0 { "not published (--skip-invalid)" } else { "" }
+        ),
+        format!("  pending             {:>8}", c.pending),
+        format!(
+            "  published this run  {:>8}   ({} already queued, dropped by JetStream's dedupe)",
+            report.published, report.duplicates
+        ),
+        format!(
+            "  not published       {:>8}   (had an outcome or were in work before this run)",
+            report.had_outcome + report.in_work
+        ),
+        format!("  took                {:>8}", clock(took)),
+    ];
     if let Some(path) = &report.results {
-        println!("  results             {}", path.display());
+        lines.push(format!("  results             {}", path.display()));
     }
     if c.failed > 0 {
-        println!(
+        lines.push(
             "Failed rows keep their outcome when the file is run again. Retry those that ran out of attempts with \
              `orgprov replay --code exhausted`; a row fixed in the file needs a new request_id."
+                .into(),
         );
+    }
+    for line in lines {
+        println!("{}", line.trim_end());
     }
 }
 

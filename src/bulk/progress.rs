@@ -60,8 +60,8 @@ impl Progress {
         let line = describe(s, rate);
         match &self.bar {
             Some(bar) => {
-                bar.set_position(done);
                 bar.set_message(line);
+                bar.set_position(done);
             }
             None => {
                 if force || self.last_line.is_none_or(|t| now.duration_since(t) >= PLAIN_EVERY) {

@@ -348,7 +348,7 @@ mod tests {
     #[test]
     fn the_shipped_configs_load_with_every_provider_of_the_example() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for file in ["deploy/orgprov.example.toml", "deploy/orgprov.compose.toml"] {
+        for file in ["deploy/orgprov.example.toml", "deploy/orgprov.compose.toml", "deploy/orgprov.local.toml"] {
             let s = Settings::load(Some(&root.join(file)), Vec::new()).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(!s.targets.is_empty(), "{file}");
         }

@@ -321,3 +321,18 @@ async fn a_file_with_every_kind_of_bad_row_is_reported_in_one_run_and_nothing_is
     assert_eq!(organizations(&env).len(), 2);
     env.finish(worker).await;
 }
+
+#[test]
+fn the_sample_file_is_valid_for_the_local_configuration() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let output = Command::new(env!("CARGO_BIN_EXE_orgprov"))
+        .current_dir(root)
+        .args(["--config", "deploy/orgprov.local.toml", "bulk", "deploy/bulk-sample.csv", "--check-only"])
+        .args(["--target", "sim-auth0", "--template", "standard"])
+        .env("ORGPROV_LOG", "error")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("all 10 rows are valid"), "{stdout}");
+}

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bulk;
+mod bulk_support;
 mod chaos;
 mod crash;
 mod crash_points;

@@ -12,6 +12,7 @@
 #   --check   only report what is missing (exit 1 if anything is), change nothing.
 # Environment (for other ports, and for testing this script):
 #   ORGPROV_DEV_PG_HOST / ORGPROV_DEV_PG_PORT       default 127.0.0.1 / 5432
+#   ORGPROV_DEV_PG_CLUSTER                          Debian cluster to start and allow, default main
 #   ORGPROV_DEV_NATS_HOST / ORGPROV_DEV_NATS_PORT   default 127.0.0.1 / 4222
 #   ORGPROV_DEV_NATS_STORE                          JetStream directory, default /var/lib/nats-server
 #   ORGPROV_DEV_WAIT_SECS                           how long to wait for a started service, default 60
@@ -21,6 +22,7 @@ cd "$(dirname "$0")/.."
 
 PG_HOST=${ORGPROV_DEV_PG_HOST:-127.0.0.1}
 PG_PORT=${ORGPROV_DEV_PG_PORT:-5432}
+PG_CLUSTER=${ORGPROV_DEV_PG_CLUSTER:-main}
 NATS_HOST=${ORGPROV_DEV_NATS_HOST:-127.0.0.1}
 NATS_PORT=${ORGPROV_DEV_NATS_PORT:-4222}
 NATS_STORE=${ORGPROV_DEV_NATS_STORE:-/var/lib/nats-server}
@@ -81,7 +83,7 @@ pg_version() {
 pg_trust_locally() {
     local version hba
     version=$(pg_version)
-    hba="/etc/postgresql/$version/main/pg_hba.conf"
+    hba="/etc/postgresql/$version/$PG_CLUSTER/pg_hba.conf"
     [ -n "$version" ] && [ -f "$hba" ] || return 1
     if ! grep -q 'orgprov dev-services' "$hba"; then
         say "allowing user postgres over TCP from this machine without a password ($hba)"
@@ -89,7 +91,7 @@ pg_trust_locally() {
             'host all postgres 127.0.0.1/32 trust' 'host all postgres ::1/128 trust'; cat '$hba'; } > '$hba.new' \
             && chown --reference='$hba' '$hba.new' && chmod --reference='$hba' '$hba.new' && mv '$hba.new' '$hba'"
     fi
-    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$PG_CLUSTER" reload
 }
 
 with_apt() {
@@ -107,8 +109,8 @@ with_apt() {
         local version
         version=$(pg_version)
         [ -n "$version" ] || { say "PostgreSQL is installed but has no cluster in /etc/postgresql"; return 1; }
-        say "starting PostgreSQL $version (cluster $version/main)"
-        as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+        say "starting PostgreSQL $version (cluster $version/$PG_CLUSTER)"
+        as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$PG_CLUSTER" start || true
     fi
     if ! nats_up; then
         say "starting NATS with JetStream on $NATS_HOST:$NATS_PORT (store $NATS_STORE)"

@@ -430,6 +430,62 @@ fn indent(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
+
+    fn example_checks() -> Checks {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let settings = Settings::load(Some(&root.join("deploy/orgprov.example.toml")), Vec::new()).unwrap();
+        Checks::new(&settings, Templates::load_dir(&root.join("templates")).unwrap()).unwrap()
+    }
+
+    fn flags(name: &str) -> PlanArgs {
+        PlanArgs {
+            file: None,
+            target: Some("acme-auth0".into()),
+            template: Some("standard".into()),
+            name: Some(name.into()),
+            display_name: None,
+            request_id: DRY_RUN_ID.into(),
+            json: false,
+        }
+    }
+
+    #[test]
+    fn a_plan_from_flags_shows_the_create_call_with_the_credential_redacted() {
+        let plan = example_checks().plan(&payload_of(&flags("globex")).unwrap());
+        assert!(plan.valid, "{:?}", plan.violations);
+        let call = plan.http_request.as_ref().unwrap();
+        assert_eq!(
+            (call.method.as_str(), call.url.as_str()),
+            ("POST", "https://acme.eu.auth0.com/api/v2/organizations")
+        );
+        let names: Vec<&str> = call.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["Authorization", "Content-Type", "User-Agent", "Idempotency-Key", "Content-Length"]);
+        assert_eq!(call.headers[0].1, "Bearer <redacted>");
+        assert_eq!(call.headers[3].1, DRY_RUN_ID);
+        assert_eq!(call.body["metadata"]["orgprov_request_id"], DRY_RUN_ID);
+        let text = plan.to_text();
+        assert!(text.contains("Authorization: Bearer <redacted>") && text.contains("Rules: none broken"), "{text}");
+        assert_eq!(plan.to_json()["http_request"]["headers"]["Idempotency-Key"], DRY_RUN_ID);
+    }
+
+    #[test]
+    fn a_file_takes_the_target_and_template_flags_inside_a_cloudevent_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        let event = json!({ "specversion": "1.0", "id": "e1", "source": "crm", "type": "org.provision.requested",
+                            "data": { "request_id": "r1", "target": "elsewhere", "template": "none",
+                                      "organization": { "name": "globex" } } });
+        std::fs::write(&path, serde_json::to_vec(&event).unwrap()).unwrap();
+        let args = PlanArgs { file: Some(path), name: None, ..flags("") };
+        let plan = example_checks().plan(&payload_of(&args).unwrap());
+        assert_eq!((plan.target.as_deref(), plan.template.as_deref()), (Some("acme-auth0"), Some("standard")));
+        assert!(plan.valid, "{:?}", plan.violations);
+        let unknown =
+            example_checks().plan(&payload_of(&PlanArgs { target: Some("nowhere".into()), ..flags("x") }).unwrap());
+        assert_eq!(unknown.violations[0].code, ErrorCode::UnknownTarget);
+        assert_eq!(unknown.violations[0].field.as_deref(), Some("target"));
+    }
 
     #[test]
     fn fields_are_read_from_the_messages() {

@@ -1,4 +1,6 @@
-//! The command line: `worker`, `migrate`, `simulate`, `submit`, `status`, `demo`, `replay`.
+//! The command line: `worker`, `migrate`, `simulate`, `submit`, `plan`, `bulk`, `status`,
+//! `demo`, `replay`. `plan` and `bulk` live in their own modules ([`crate::plan`],
+//! [`crate::bulk`]); this one parses and dispatches.
 //!
 //! `simulate` and `demo` need the provider simulator (crate `orgprov-sim`, default feature
 //! `simulator`). A build without it still knows both commands, so scripts get a clear answer
@@ -16,8 +18,10 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::bulk::BulkArgs;
 use crate::config::ConfigError;
 use crate::contract::{self, ErrorCode, OrganizationInput, RequestMessage};
+pub use crate::plan::PlanArgs;
 use crate::providers::Settings;
 use crate::store::{EventNaming, ReplayCandidate, RequestState, Store};
 use crate::template::Templates;
@@ -68,6 +72,12 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Publish one request and wait for its outcome.
     Submit(SubmitArgs),
+    /// Dry run of one request: the rendered organization, the exact HTTP request and every
+    /// rule it breaks. Needs only the configuration and templates (no NATS, Postgres, secret).
+    Plan(PlanArgs),
+    /// Onboard many organizations from a CSV or NDJSON file: check every row, publish, wait
+    /// for the outcomes with a progress bar, write a results file. Rerun to resume.
+    Bulk(BulkArgs),
     /// Print a request, its attempts and its events from Postgres.
     Status { request_id: String },
     /// Run the whole pipeline on local NATS and Postgres against the built-in simulator.
@@ -166,6 +176,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(&settings).await,
         Command::Simulate(args) => simulate(args).await,
         Command::Submit(args) => submit(&settings, args).await,
+        Command::Plan(args) => Ok(crate::plan::run(&settings, &args)),
+        Command::Bulk(args) => bulk(&settings, args).await,
         Command::Status { request_id } => status(&settings, &request_id).await,
         Command::Demo(args) => demo(settings, args).await,
         Command::Replay(args) => replay(&settings, args).await,
@@ -378,6 +390,14 @@ async fn submit(settings: &Settings, args: SubmitArgs) -> anyhow::Result<ExitCod
             Ok(ExitCode::from(3))
         }
     }
+}
+
+async fn bulk(settings: &Settings, args: BulkArgs) -> anyhow::Result<ExitCode> {
+    let interrupt = CancellationToken::new();
+    tokio::spawn(signals(interrupt.clone()));
+    let invocation: Vec<String> = std::env::args().collect();
+    let report = crate::bulk::run(settings, &args, &invocation, interrupt).await?;
+    Ok(ExitCode::from(report.exit))
 }
 
 fn exit_for(event_type: Option<&str>) -> ExitCode {

@@ -490,12 +490,20 @@ impl<P: Clone> TargetSettings<P> {
         if secret.is_empty() {
             return Err(key_error(key("client_secret_env"), "the secret is empty"));
         }
+        self.with_secret(name, SecretString::from(secret))
+    }
+
+    /// The target with `secret` as its client secret.
+    fn with_secret(&self, name: &str, secret: SecretString) -> Result<Target<P>, ConfigError> {
         Ok(Target {
             name: name.to_owned(),
             provider: self.provider.clone(),
             base_url: self.base_url.trim_end_matches('/').to_owned(),
-            client_id: self.client_id.clone().ok_or_else(|| key_error(key("client_id"), "missing"))?,
-            client_secret: SecretString::from(secret),
+            client_id: self
+                .client_id
+                .clone()
+                .ok_or_else(|| key_error(format!("targets.{name}.client_id"), "missing"))?,
+            client_secret: secret,
             timeout: Duration::from_millis(self.timeout_ms),
             max_in_flight: self.max_in_flight,
             rate_limit: self.rate_limit,
@@ -625,6 +633,16 @@ impl<P: ProviderPart> Settings<P> {
         P: Clone,
     {
         self.targets.iter().map(|(name, t)| t.resolve(name, env)).collect()
+    }
+
+    /// Every target without its secret, for commands that build calls but never send them
+    /// (`orgprov plan`, the checks of `orgprov bulk`): the client secret is neither read nor
+    /// required, and the target's secret is an empty placeholder no call may use.
+    pub fn offline_targets(&self) -> Result<Vec<Target<P>>, ConfigError>
+    where
+        P: Clone,
+    {
+        self.targets.iter().map(|(name, t)| t.with_secret(name, SecretString::from(String::new()))).collect()
     }
 }
 
@@ -843,5 +861,14 @@ mod tests {
         assert_eq!(targets[0].base_url, "https://acme.example");
         assert_eq!(targets[0].provider_name(), "plain");
         assert!(!format!("{:?}", targets[0]).contains("s3cret"), "secrets must not appear in Debug output");
+    }
+
+    #[test]
+    fn offline_targets_need_no_secret() {
+        let s = load(TARGET, &[]).unwrap();
+        let targets = s.offline_targets().unwrap();
+        assert_eq!((targets[0].name.as_str(), targets[0].base_url.as_str()), ("acme", "https://acme.example"));
+        use secrecy::ExposeSecret;
+        assert_eq!(targets[0].client_secret.expose_secret(), "");
     }
 }

@@ -105,7 +105,26 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> anyhow::Result<ExitC
         problems.push(format!("{ours} organizations for {} requests: expected exactly one each", args.count));
     }
     problems.extend(seen.schema_errors.into_iter().take(5).map(|e| format!("event breaks its schema: {e}")));
-    Ok(verdict(&problems))
+    let code = verdict(&problems);
+    print_next_steps();
+    Ok(code)
+}
+
+/// How to go on from the demo: the real worker as its own process, fed by `bulk`.
+fn print_next_steps() {
+    println!();
+    println!("next: run the real worker, as its own process, against the simulator (README \"Running it for real\"):");
+    for line in [
+        "# terminal 1: the provider simulator",
+        "cargo run --release -- simulate --provider auth0 --listen 127.0.0.1:8090",
+        "# terminal 2: the worker (the simulator's secret is sim-secret)",
+        "ORGPROV_SIM_CLIENT_SECRET=sim-secret cargo run --release -- --config deploy/orgprov.local.toml worker",
+        "# terminal 3: onboard the sample customers (a dry run of one first: `plan`)",
+        "cargo run --release -- --config deploy/orgprov.local.toml bulk deploy/bulk-sample.csv --target sim-auth0 --template standard",
+    ] {
+        println!("  {line}");
+    }
+    println!("For your own provider, start from deploy/orgprov.example.toml.");
 }
 
 /// The built-in Auth0 simulator, with the demo's faults unless they are switched off; also the

@@ -15,6 +15,7 @@
 pub mod admin;
 #[cfg(feature = "simulator")]
 pub mod bench;
+pub mod bulk;
 pub mod bus;
 pub mod cli;
 pub mod config;
@@ -24,6 +25,8 @@ pub mod delivery;
 pub mod demo;
 pub mod fault;
 pub mod lifecycle;
+pub mod plan;
+pub mod prepare;
 pub mod providers;
 pub mod store;
 pub mod telemetry;

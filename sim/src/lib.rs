@@ -130,8 +130,15 @@ pub struct RecordedRequest {
     /// Arrival time.
     #[serde(with = "time::serde::rfc3339")]
     pub at: time::OffsetDateTime,
+    /// The query string, if any (without the `?`).
+    pub query: Option<String>,
     /// The `Idempotency-Key` the client sent (recorded, never honoured).
     pub idempotency_key: Option<String>,
+    /// Every header as received (lower-case names, in order), except that `authorization`
+    /// keeps only its scheme: `Bearer <redacted>`, `Basic <redacted>`.
+    pub headers: Vec<(String, String)>,
+    /// The request body as text (lossy UTF-8); empty when there was none.
+    pub body: String,
     /// API calls: a currently valid bearer token was presented. Token calls: the client
     /// credentials were accepted.
     pub authorized: bool,
@@ -313,9 +320,19 @@ async fn record_request(State(state): State<Arc<SimState>>, req: Request, next: 
     let first_segment = path.trim_start_matches('/').split('/').next().unwrap_or("");
     let provider = if state.is_provider(first_segment) { first_segment.to_owned() } else { String::new() };
     let method = req.method().to_string();
+    let query = req.uri().query().map(str::to_owned);
     let idempotency_key = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let headers = recorded_headers(req.headers());
     let connection = req.extensions().get::<ConnectInfo<ConnectionHandle>>().map(|info| info.0.clone());
     let at = time::OffsetDateTime::now_utc();
+    // Read the body for the log, then hand the handler an identical one.
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_RECORDED_BODY).await {
+        Ok(bytes) => bytes,
+        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n").into_response(),
+    };
+    let body = String::from_utf8_lossy(&bytes).into_owned();
+    let req = Request::from_parts(parts, axum::body::Body::from(bytes));
 
     let task_state = state.clone();
     let task = tokio::spawn(async move {
@@ -340,7 +357,10 @@ async fn record_request(State(state): State<Arc<SimState>>, req: Request, next: 
             path,
             status,
             at,
+            query,
             idempotency_key,
+            headers,
+            body,
             authorized,
             answered_at,
             retry_at,
@@ -354,6 +374,25 @@ async fn record_request(State(state): State<Arc<SimState>>, req: Request, next: 
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
+}
+
+/// Bodies larger than this are refused (413); the providers' create bodies are a few KiB.
+const MAX_RECORDED_BODY: usize = 1 << 20;
+
+/// Headers for the request log, the credential of `authorization` replaced by `<redacted>`.
+fn recorded_headers(headers: &axum::http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            let value = match (name == axum::http::header::AUTHORIZATION, value.split_once(' ')) {
+                (true, Some((scheme, _))) => format!("{scheme} <redacted>"),
+                (true, None) => "<redacted>".to_owned(),
+                (false, _) => value,
+            };
+            (name.as_str().to_owned(), value)
+        })
+        .collect()
 }
 
 async fn not_found() -> Response {

@@ -285,6 +285,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_are_recorded_with_body_query_and_headers_but_no_credential() {
+        for_each_provider(async |sample, sim, api| {
+            let p = sample.provider;
+            let body = (sample.body)("recorded");
+            let response = api
+                .request(reqwest::Method::POST, sample.create_path)
+                .query(&[("dry", "no")])
+                .header("X-Extra", "1")
+                .json(&body)
+                .send()
+                .await
+                .expect("create");
+            assert_eq!(response.status(), sample.created, "{p}");
+            let create = sim.requests().into_iter().rfind(|r| r.path.ends_with(sample.create_path)).expect("recorded");
+            assert_eq!(serde_json::from_str::<Value>(&create.body).ok(), Some(body), "{p}");
+            assert_eq!(create.query.as_deref(), Some("dry=no"), "{p}");
+            let header = |name: &str| create.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+            assert_eq!(header("x-extra"), Some("1"), "{p}");
+            let scheme = if p == "stytch" { "Basic <redacted>" } else { "Bearer <redacted>" };
+            assert_eq!(header("authorization"), Some(scheme), "{p}: the credential is never recorded");
+        })
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_lost_response_stores_then_answers_504() {
         for_each_provider(async |sample, sim, api| {
             sim.push_script(sample.provider, vec![ScriptedFault::LostResponse]);

@@ -22,8 +22,8 @@ use serde_json::{Map, Value, json};
 
 use super::rules::{is_hex_colour, known_settings, length, name_rules, tag_free};
 use super::token::{BearerAuth, ClientAuth, ClientCredentials};
-use super::upstream::{Answers, text_at};
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys};
+use super::upstream::{Answers, AuthScheme, CreateRequest, text_at};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys, Violations};
 use crate::contract::RequestId;
 use crate::delivery::Delivery;
 use crate::template::OrgSpec;
@@ -83,33 +83,32 @@ impl Provider for Auth0 {
         ProviderKind::Auth0
     }
 
-    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
+    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, Violations> {
+        let mut broken = Violations::new();
         let name = &spec.name;
         let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
         let ok = (1..=50).contains(&name.len()) && name.chars().all(allowed);
-        name_rules(ok, name, "Auth0's rules: 1-50 characters of lowercase letters, digits, '_' and '-'")?;
+        broken.check(name_rules(ok, name, "Auth0's rules: 1-50 characters of lowercase letters, digits, '_' and '-'"));
         let mut body = Map::new();
         body.insert("name".into(), json!(name));
         if let Some(d) = &spec.display_name {
-            length("organization.display_name", d, 1..=255, "Auth0")?;
+            broken.check(length("organization.display_name", d, 1..=255, "Auth0"));
             body.insert("display_name".into(), json!(d));
         }
-        tag_free(&spec.metadata, TAG)?;
+        broken.check(tag_free(&spec.metadata, TAG));
         let mut metadata = Map::new();
         for (k, v) in &spec.metadata {
-            let Value::String(s) = v else {
-                return Err(format!("organization.metadata.{k} must be a string for Auth0"));
-            };
-            if k.len() > 255 || s.chars().count() > 255 {
-                return Err(format!(
-                    "organization.metadata.{k}: Auth0 allows keys and values of at most 255 characters"
-                ));
+            match v {
+                Value::String(s) if k.len() > 255 || s.chars().count() > 255 => broken
+                    .push(format!("organization.metadata.{k}: Auth0 allows keys and values of at most 255 characters")),
+                Value::String(_) => {}
+                _ => broken.push(format!("organization.metadata.{k} must be a string for Auth0")),
             }
             metadata.insert(k.clone(), v.clone());
         }
         metadata.insert(TAG.into(), json!(request_id.as_str()));
         if metadata.len() > MAX_METADATA_KEYS {
-            return Err(format!(
+            broken.push(format!(
                 "organization.metadata has {} keys; Auth0 allows {MAX_METADATA_KEYS}, one of which orgprov uses for {TAG}",
                 metadata.len() - 1
             ));
@@ -124,7 +123,7 @@ impl Provider for Auth0 {
             ] {
                 if let Some(c) = value {
                     if !is_hex_colour(c) {
-                        return Err(format!("organization.branding.{field} {c:?} must be a hex colour like #1a2b3c"));
+                        broken.push(format!("organization.branding.{field} {c:?} must be a hex colour like #1a2b3c"));
                     }
                     colors.insert(key.into(), json!(c));
                 }
@@ -132,7 +131,7 @@ impl Provider for Auth0 {
             let mut branding = Map::new();
             if let Some(url) = &b.logo_url {
                 if !url.starts_with("https://") {
-                    return Err(format!("organization.branding.logo_url {url:?} must be an https:// URL for Auth0"));
+                    broken.push(format!("organization.branding.logo_url {url:?} must be an https:// URL for Auth0"));
                 }
                 branding.insert("logo_url".into(), json!(url));
             }
@@ -141,28 +140,37 @@ impl Provider for Auth0 {
             }
             body.insert("branding".into(), Value::Object(branding));
         }
-        known_settings(&spec.settings, "auth0", SETTINGS)?;
+        broken.check(known_settings(&spec.settings, "auth0", SETTINGS));
         if let Some(conns) = spec.settings.get("enabled_connections") {
-            let list = conns.as_array().ok_or("template setting auth0.enabled_connections must be an array")?;
-            if list.len() > 10 {
-                return Err(format!(
-                    "template setting auth0.enabled_connections has {} entries; Auth0 allows 10",
-                    list.len()
-                ));
-            }
-            if list.iter().any(|c| c.get("connection_id").and_then(Value::as_str).is_none()) {
-                return Err("every auth0.enabled_connections entry needs a connection_id string".into());
+            match conns.as_array() {
+                None => broken.push("template setting auth0.enabled_connections must be an array"),
+                Some(list) => {
+                    if list.len() > 10 {
+                        broken.push(format!(
+                            "template setting auth0.enabled_connections has {} entries; Auth0 allows 10",
+                            list.len()
+                        ));
+                    }
+                    if list.iter().any(|c| c.get("connection_id").and_then(Value::as_str).is_none()) {
+                        broken.push("every auth0.enabled_connections entry needs a connection_id string");
+                    }
+                }
             }
             body.insert("enabled_connections".into(), conns.clone());
         }
-        Ok(Value::Object(body))
+        broken.into_result(Value::Object(body))
+    }
+
+    fn create_request(&self, body: &Value, request_id: &RequestId) -> Result<CreateRequest, CallError> {
+        Ok(CreateRequest::post_json(self.organizations_url.clone(), body.clone(), request_id, AuthScheme::Bearer))
     }
 
     fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>> {
         async move {
             // A 409 `organization_conflict`: the name is taken, by us or someone else; the
             // lookup by name decides.
-            let response = self.auth.create(&self.delivery, &self.organizations_url, body, request_id).await?;
+            let request = self.create_request(body, request_id)?;
+            let response = self.auth.create(&self.delivery, &request).await?;
             ANSWERS.create_answer(&response)
         }
         .boxed()
@@ -242,5 +250,27 @@ mod tests {
         assert_refused(&a, &blue, "branding.primary_color");
         assert_refused(&a, &with(&acme(), |s| s.display_name = Some(String::new())), "1-255 characters");
         assert_refused(&a, &with(&acme(), |s| _ = s.settings.insert("theme".into(), json!(1))), "auth0.theme");
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported_at_once() {
+        let bad = with(&acme(), |s| {
+            s.name = "Acme".into();
+            s.branding.primary_color = Some("blue".into());
+            s.metadata.insert("n".into(), json!(5));
+        });
+        let e = auth0().prepare(&bad, &RequestId::parse("req-1").unwrap()).unwrap_err();
+        assert_eq!(e.messages().len(), 3, "{e}");
+        assert!(e.messages()[0].starts_with("organization.name \"Acme\""), "{e}");
+    }
+
+    #[test]
+    fn the_create_request_is_described_without_the_credential() {
+        let id = RequestId::parse("req-1").unwrap();
+        let body = auth0().prepare(&acme(), &id).unwrap();
+        let request = auth0().create_request(&body, &id).unwrap();
+        assert_eq!((request.method, request.url.as_str()), ("POST", "http://127.0.0.1:9/api/v2/organizations"));
+        assert_eq!((request.auth, &request.body), (AuthScheme::Bearer, &body));
+        assert!(request.headers.contains(&("Idempotency-Key", "req-1".to_owned())), "{:?}", request.headers);
     }
 }

@@ -44,8 +44,8 @@ use serde_json::{Map, Value, json};
 
 use super::rules::{known_settings, length, tag_free};
 use super::token::{BearerAuth, Grant};
-use super::upstream::{Answers, create_request, text_at};
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys};
+use super::upstream::{Answers, AuthScheme, CreateRequest, text_at};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys, Violations};
 use crate::config::KeyError;
 use crate::contract::{ErrorCode, RequestId};
 use crate::delivery::{Delivery, Response};
@@ -370,131 +370,145 @@ impl Provider for Biot {
         ProviderKind::Biot
     }
 
-    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
-        known_settings(&spec.settings, "biot", SETTINGS)?;
-        let template_name = match setting_text(spec, "template_name")? {
+    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, Violations> {
+        let mut broken = Violations::new();
+        // Unknown settings are reported, and the known ones still checked.
+        broken.check(known_settings(&spec.settings, "biot", SETTINGS));
+        let setting = |broken: &mut Violations, key: &str| broken.check(setting_text(spec, key)).flatten();
+        let template_name = match setting(&mut broken, "template_name") {
             Some(t) if !t.trim().is_empty() => t.to_owned(),
             _ => {
-                return Err(format!(
+                broken.push(format!(
                     "template {} has no [settings.biot] template_name: BioT creates organizations from a named \
                      organization template",
                     spec.template
                 ));
+                String::new()
             }
         };
         if spec.name.trim().is_empty() {
-            return Err("organization.name must not be empty for BioT".into());
+            broken.push("organization.name must not be empty for BioT");
         }
         let mut org = Map::new();
         org.insert("_name".into(), json!(spec.name));
         if let Some(d) = &spec.description {
-            length("organization.description", d, 0..=DESCRIPTION_MAX, "BioT")?;
+            broken.check(length("organization.description", d, 0..=DESCRIPTION_MAX, "BioT"));
             org.insert("_description".into(), json!(d));
         }
 
-        let admin = spec
-            .admin
-            .as_ref()
-            .ok_or("admin is required for BioT: it becomes the organization's primary administrator")?;
-        let required = |value: &Option<String>, field: &str| -> Result<String, String> {
-            match value.as_deref().map(str::trim) {
-                Some(v) if !v.is_empty() => Ok(v.to_owned()),
-                _ => Err(format!("admin.{field} is required for BioT's primary administrator")),
+        let mut admin_locale = None;
+        match spec.admin.as_ref() {
+            None => broken.push("admin is required for BioT: it becomes the organization's primary administrator"),
+            Some(admin) => {
+                let mut required = |value: &Option<String>, field: &str| match value.as_deref().map(str::trim) {
+                    Some(v) if !v.is_empty() => v.to_owned(),
+                    _ => {
+                        broken.push(format!("admin.{field} is required for BioT's primary administrator"));
+                        String::new()
+                    }
+                };
+                let email = required(&admin.email, "email");
+                let first_name = required(&admin.first_name, "first_name");
+                let last_name = required(&admin.last_name, "last_name");
+                if !email.is_empty() && !is_email(&email) {
+                    broken.push(format!("admin.email {email:?} is not an e-mail address"));
+                }
+                let employee_id = match setting(&mut broken, "admin_employee_id") {
+                    Some(id) if !id.trim().is_empty() => id.to_owned(),
+                    _ => email.clone(),
+                };
+                let mut primary = Map::new();
+                primary.insert("_name".into(), json!({ "firstName": first_name, "lastName": last_name }));
+                primary.insert("_email".into(), json!(email));
+                primary.insert("_employeeId".into(), json!(employee_id));
+                if let Some(phone) = &admin.phone {
+                    if !is_e164(phone) {
+                        broken
+                            .push(format!("admin.phone {phone:?} must be an E.164 number like +12345678901 for BioT"));
+                    }
+                    primary.insert("_phone".into(), json!(phone));
+                }
+                if let Some(l) = &admin.locale {
+                    match normalize_locale(l) {
+                        Some(l) => admin_locale = Some(l),
+                        None => {
+                            broken.push(format!("admin.locale {l:?} must be language-country like \"en-us\" for BioT"))
+                        }
+                    }
+                }
+                if let Some(l) = &admin_locale {
+                    primary.insert("_locale".into(), json!(l));
+                }
+                org.insert("_primaryAdministrator".into(), Value::Object(primary));
             }
-        };
-        let email = required(&admin.email, "email")?;
-        if !is_email(&email) {
-            return Err(format!("admin.email {email:?} is not an e-mail address"));
         }
-        let first_name = required(&admin.first_name, "first_name")?;
-        let last_name = required(&admin.last_name, "last_name")?;
-        let employee_id = match setting_text(spec, "admin_employee_id")? {
-            Some(id) if !id.trim().is_empty() => id.to_owned(),
-            _ => email.clone(),
-        };
-        let mut primary = Map::new();
-        primary.insert("_name".into(), json!({ "firstName": first_name, "lastName": last_name }));
-        primary.insert("_email".into(), json!(email));
-        primary.insert("_employeeId".into(), json!(employee_id));
-        if let Some(phone) = &admin.phone {
-            if !is_e164(phone) {
-                return Err(format!("admin.phone {phone:?} must be an E.164 number like +12345678901 for BioT"));
-            }
-            primary.insert("_phone".into(), json!(phone));
-        }
-        let admin_locale = match &admin.locale {
-            Some(l) => Some(
-                normalize_locale(l)
-                    .ok_or_else(|| format!("admin.locale {l:?} must be language-country like \"en-us\" for BioT"))?,
-            ),
-            None => None,
-        };
-        if let Some(l) = &admin_locale {
-            primary.insert("_locale".into(), json!(l));
-        }
-        org.insert("_primaryAdministrator".into(), Value::Object(primary));
 
-        if let Some(hq) = spec.settings.get("headquarters") {
-            org.insert("_headquarters".into(), headquarters(hq)?);
+        if let Some(hq) = spec.settings.get("headquarters")
+            && let Some(hq) = broken.check(headquarters(hq))
+        {
+            org.insert("_headquarters".into(), hq);
         }
-        if let Some(zone) = setting_text(spec, "timezone")? {
+        if let Some(zone) = setting(&mut broken, "timezone") {
             if !is_zone_id(zone) {
-                return Err(format!(
+                broken.push(format!(
                     "template setting biot.timezone {zone:?} is not a Java zone id like \"Europe/Oslo\""
                 ));
             }
             org.insert("_timezone".into(), json!(zone));
         }
-        let locale = match (admin_locale, setting_text(spec, "locale")?) {
-            (Some(l), _) => Some(l),
-            (None, Some(l)) => Some(normalize_locale(l).ok_or_else(|| {
-                format!("template setting biot.locale {l:?} must be language-country like \"en-us\"")
-            })?),
-            (None, None) => None,
-        };
-        if let Some(l) = locale {
+        let template_locale = setting(&mut broken, "locale").and_then(|l| {
+            let normalized = normalize_locale(l);
+            if normalized.is_none() {
+                broken.push(format!("template setting biot.locale {l:?} must be language-country like \"en-us\""));
+            }
+            normalized
+        });
+        if let Some(l) = admin_locale.or(template_locale) {
             org.insert("_locale".into(), json!(l));
         }
-        if let Some(phone) = setting_text(spec, "phone")? {
+        if let Some(phone) = setting(&mut broken, "phone") {
             if !is_e164(phone) {
-                return Err(format!("template setting biot.phone {phone:?} must be an E.164 number like +12345678901"));
+                broken.push(format!("template setting biot.phone {phone:?} must be an E.164 number like +12345678901"));
             }
             org.insert("_phone".into(), json!(phone));
         }
 
-        tag_free(&spec.metadata, &self.attribute)?;
+        broken.check(tag_free(&spec.metadata, &self.attribute));
         for (k, v) in &spec.metadata {
             if !is_attribute_name(k) {
-                return Err(format!(
+                broken.push(format!(
                     "organization.metadata.{k} cannot be a BioT custom attribute: names start with a letter and \
                      hold letters, digits and '_'"
                 ));
             }
-            let Value::String(_) = v else {
-                return Err(format!("organization.metadata.{k} must be a string for BioT"));
-            };
+            if !v.is_string() {
+                broken.push(format!("organization.metadata.{k} must be a string for BioT"));
+            }
             org.insert(k.clone(), v.clone());
         }
         org.insert(self.attribute.clone(), json!(request_id.as_str()));
-        Ok(json!({ "template_name": template_name, "organization": Value::Object(org) }))
+        broken.into_result(json!({ "template_name": template_name, "organization": Value::Object(org) }))
+    }
+
+    fn create_request(&self, body: &Value, request_id: &RequestId) -> Result<CreateRequest, CallError> {
+        let (Some(template), Some(org)) = (body.get("template_name").and_then(Value::as_str), body.get("organization"))
+        else {
+            return Err(CallError::new(
+                ErrorClass::Permanent(ErrorCode::Internal),
+                None,
+                "stored BioT body lacks template_name or organization",
+            ));
+        };
+        let url =
+            format!("{}/organization/v1/organizations/templates/{}", self.base_url, urlencoding::encode(template));
+        Ok(CreateRequest::post_json(url, org.clone(), request_id, AuthScheme::Bearer)
+            .header("X-Execution-Mode", "sync"))
     }
 
     fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>> {
         async move {
-            let (Some(template), Some(org)) =
-                (body.get("template_name").and_then(Value::as_str), body.get("organization"))
-            else {
-                return Err(CallError::new(
-                    ErrorClass::Permanent(ErrorCode::Internal),
-                    None,
-                    "stored BioT body lacks template_name or organization",
-                ));
-            };
-            let url =
-                format!("{}/organization/v1/organizations/templates/{}", self.base_url, urlencoding::encode(template));
-            let what = "create organization";
-            let build = || create_request(&self.delivery, &url, org, request_id).header("x-execution-mode", "sync");
-            let response = self.auth.send(&self.delivery, build, what).await?;
+            let request = self.create_request(body, request_id)?;
+            let response = self.auth.create(&self.delivery, &request).await?;
             match response.status {
                 409 if error_code(&response).as_deref() == Some("EMAIL_ALREADY_EXIST") => {
                     self.email_conflict(body, request_id, &response).await
@@ -609,5 +623,20 @@ mod tests {
         assert_eq!(Settings::default().validate(), Ok(()));
         let owner = Settings { ownership_attribute: "_owner".into(), ..Settings::default() };
         assert_eq!(owner.validate().unwrap_err().key, "ownership_attribute");
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported_at_once() {
+        let bad = with(&clinic(), |s| {
+            s.admin = None;
+            s.settings.remove("template_name");
+            s.metadata.insert("_reserved".into(), json!(1));
+        });
+        let e = biot(None).prepare(&bad, &RequestId::parse("req-1").unwrap()).unwrap_err();
+        let text = e.to_string();
+        assert_eq!(e.messages().len(), 4, "{text}");
+        for needle in ["template_name", "admin is required", "_reserved cannot be", "_reserved must be a string"] {
+            assert!(text.contains(needle), "{text} lacks {needle}");
+        }
     }
 }

@@ -35,8 +35,8 @@ use serde_json::{Map, Value, json};
 
 use super::rules::{is_http_url, known_settings, length, tag_free};
 use super::token::{BearerAuth, ClientAuth, ClientCredentials};
-use super::upstream::{Answers, text_at};
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys};
+use super::upstream::{Answers, AuthScheme, CreateRequest, text_at};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys, Violations};
 use crate::contract::RequestId;
 use crate::delivery::Delivery;
 use crate::template::OrgSpec;
@@ -179,16 +179,17 @@ impl Provider for Logto {
         ProviderKind::Logto
     }
 
-    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
-        known_settings(&spec.settings, "logto", SETTINGS)?;
-        length("organization.name", &spec.name, 1..=NAME_MAX, "Logto")?;
+    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, Violations> {
+        let mut broken = Violations::new();
+        broken.check(known_settings(&spec.settings, "logto", SETTINGS));
+        broken.check(length("organization.name", &spec.name, 1..=NAME_MAX, "Logto"));
         let mut body = Map::new();
         body.insert("name".into(), json!(spec.name));
         if let Some(d) = &spec.description {
-            length("organization.description", d, 0..=DESCRIPTION_MAX, "Logto")?;
+            broken.check(length("organization.description", d, 0..=DESCRIPTION_MAX, "Logto"));
             body.insert("description".into(), json!(d));
         }
-        tag_free(&spec.metadata, TAG)?;
+        broken.check(tag_free(&spec.metadata, TAG));
         // customData is arbitrary JSON in Logto: metadata values keep their types.
         let mut custom: Map<String, Value> = spec.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         custom.insert(TAG.into(), json!(request_id.as_str()));
@@ -198,7 +199,7 @@ impl Provider for Logto {
             Some(Value::Bool(b)) => {
                 body.insert("isMfaRequired".into(), json!(b));
             }
-            Some(_) => return Err("template setting logto.is_mfa_required must be true or false".into()),
+            Some(_) => broken.push("template setting logto.is_mfa_required must be true or false"),
         }
         let mut branding = Map::new();
         let urls = [
@@ -213,18 +214,23 @@ impl Provider for Logto {
                 Some(url) if is_http_url(url) => {
                     branding.insert(key.into(), json!(url));
                 }
-                _ => return Err(format!("{what} {value} must be an absolute http(s) URL for Logto")),
+                _ => broken.push(format!("{what} {value} must be an absolute http(s) URL for Logto")),
             }
         }
         if !branding.is_empty() {
             body.insert("branding".into(), Value::Object(branding));
         }
-        Ok(Value::Object(body))
+        broken.into_result(Value::Object(body))
+    }
+
+    fn create_request(&self, body: &Value, request_id: &RequestId) -> Result<CreateRequest, CallError> {
+        Ok(CreateRequest::post_json(self.organizations_url.clone(), body.clone(), request_id, AuthScheme::Bearer))
     }
 
     fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>> {
         async move {
-            let response = self.auth.create(&self.delivery, &self.organizations_url, body, request_id).await?;
+            let request = self.create_request(body, request_id)?;
+            let response = self.auth.create(&self.delivery, &request).await?;
             match response.status {
                 200 | 201 => {
                     let created = ANSWERS.created(&response)?;

@@ -35,6 +35,9 @@ use crate::contract::{ErrorCode, RequestId};
 use crate::delivery::{Delivery, Response, SendError};
 use crate::template::OrgSpec;
 
+pub use rules::Violations;
+pub use upstream::{AuthScheme, CreateRequest};
+
 /// The configuration with this crate's providers.
 pub type Settings = config::Settings<ProviderSettings>;
 /// One target's settings with this crate's providers.
@@ -284,11 +287,16 @@ pub trait Provider: Send + Sync {
 
     /// Checks the spec against the provider's documented rules and builds the create body,
     /// ownership tag included. Runs once, before any HTTP call; the result is stored and
-    /// reused by every attempt. `Err` names the offending field.
-    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String>;
+    /// reused by every attempt. `Err` holds every rule broken, each naming its field.
+    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, Violations>;
 
     /// The natural key the organization is found by (shown in events and `status`).
     fn natural_key(&self, body: &Value) -> String;
+
+    /// The create call for a prepared `body`, as `create` sends it (credentials aside): what
+    /// `orgprov plan` shows. Makes no call. `Err` only for a stored body this provider could
+    /// not have prepared.
+    fn create_request(&self, body: &Value, request_id: &RequestId) -> Result<CreateRequest, CallError>;
 
     fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>>;
 
@@ -340,7 +348,7 @@ mod tests {
     #[test]
     fn the_shipped_configs_load_with_every_provider_of_the_example() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for file in ["deploy/orgprov.example.toml", "deploy/orgprov.compose.toml"] {
+        for file in ["deploy/orgprov.example.toml", "deploy/orgprov.compose.toml", "deploy/orgprov.local.toml"] {
             let s = Settings::load(Some(&root.join(file)), Vec::new()).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(!s.targets.is_empty(), "{file}");
         }

@@ -1,11 +1,77 @@
 //! Checks that several providers' documented rules share, run on what we are about to send
-//! before any call (a failure is an `invalid_request` naming the field). Rules only one
-//! provider has stay in its module.
+//! before any call (a failure is an `invalid_request` naming the field), and [`Violations`],
+//! which gathers every rule a spec breaks so that `orgprov plan` and `orgprov bulk` can report
+//! them all at once. Rules only one provider has stay in its module.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::ops::RangeInclusive;
 
 use serde_json::Value;
+
+/// The documented rules an organization spec breaks, each message naming its field.
+///
+/// A provider's `prepare` runs every independent check and records each failure here, so one
+/// pass finds all of them; a check that cannot run without an earlier one (an e-mail address
+/// of an admin that is missing) is skipped instead of reported twice. Never empty as an error.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Violations(Vec<String>);
+
+impl Violations {
+    pub fn new() -> Violations {
+        Violations::default()
+    }
+
+    /// Records the failure of a check, if it failed; gives its value otherwise.
+    pub fn check<T>(&mut self, result: Result<T, String>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(message) => {
+                self.0.push(message);
+                None
+            }
+        }
+    }
+
+    /// Records a broken rule.
+    pub fn push(&mut self, message: impl Into<String>) {
+        self.0.push(message.into());
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Each broken rule, in the order the checks ran.
+    pub fn messages(&self) -> &[String] {
+        &self.0
+    }
+
+    /// `value` when no rule was broken, else the violations.
+    pub fn into_result<T>(self, value: T) -> Result<T, Violations> {
+        if self.0.is_empty() { Ok(value) } else { Err(self) }
+    }
+}
+
+/// One message: the first check failed and nothing else could be checked.
+impl From<String> for Violations {
+    fn from(message: String) -> Violations {
+        Violations(vec![message])
+    }
+}
+
+impl From<&str> for Violations {
+    fn from(message: &str) -> Violations {
+        Violations(vec![message.to_owned()])
+    }
+}
+
+/// The messages joined by `; ` (what an `org.failed` event's message says).
+impl fmt::Display for Violations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("; "))
+    }
+}
 
 /// Refuses a template setting (`[settings.<provider>]`) outside `known`.
 pub fn known_settings(settings: &BTreeMap<String, Value>, provider: &str, known: &[&str]) -> Result<(), String> {
@@ -85,6 +151,18 @@ pub fn is_http_url(s: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn violations_gather_every_failed_check() {
+        let mut v = Violations::new();
+        assert_eq!(v.check(Ok::<_, String>(3)), Some(3));
+        assert_eq!(v.check(length("organization.name", "", 1..=3, "X")), None);
+        v.push("admin.email is required");
+        assert_eq!(v.messages().len(), 2);
+        assert_eq!(v.to_string(), "organization.name must be 1-3 characters for X, got 0; admin.email is required");
+        assert!(v.clone().into_result(()).is_err());
+        assert_eq!(Violations::new().into_result(7), Ok(7));
+    }
 
     #[test]
     fn unknown_settings_and_a_forged_tag_are_refused_by_name() {

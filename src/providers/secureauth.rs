@@ -42,8 +42,8 @@ use sha2::{Digest, Sha256};
 
 use super::rules::{email_domains, is_hex_colour, is_url_safe, known_settings, name_rules, tag_free};
 use super::token::{BearerAuth, ClientAuth, ClientCredentials};
-use super::upstream::{Answers, text_at};
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys};
+use super::upstream::{Answers, AuthScheme, CreateRequest, text_at};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys, Violations};
 use crate::config::KeyError;
 use crate::contract::{ErrorCode, RequestId};
 use crate::delivery::{Delivery, Response};
@@ -202,11 +202,12 @@ impl Provider for SecureAuth {
         ProviderKind::SecureAuth
     }
 
-    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
+    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, Violations> {
+        let mut broken = Violations::new();
         let rules = "SecureAuth's rules: a URL-safe name of letters, digits, '-', '.', '_' and '~' is required";
-        name_rules(is_url_safe(&spec.name), &spec.name, rules)?;
-        known_settings(&spec.settings, "secureauth", SETTINGS)?;
-        tag_free(&spec.metadata, TAG)?;
+        broken.check(name_rules(is_url_safe(&spec.name), &spec.name, rules));
+        broken.check(known_settings(&spec.settings, "secureauth", SETTINGS));
+        broken.check(tag_free(&spec.metadata, TAG));
         let mut body = Map::new();
         body.insert("id".into(), json!(organization_id(&self.target, request_id.as_str())));
         body.insert("name".into(), json!(spec.name));
@@ -215,44 +216,51 @@ impl Provider for SecureAuth {
         }
         if let Some(p) = &spec.parent_id {
             if p.is_empty() {
-                return Err("organization.parent_id must not be empty".into());
+                broken.push("organization.parent_id must not be empty");
             }
             body.insert("parent_id".into(), json!(p));
         }
         if !spec.domains.is_empty() {
-            email_domains(&spec.domains)?;
+            broken.check(email_domains(&spec.domains));
             body.insert("domains".into(), json!(spec.domains));
         }
         if let Some(c) = &spec.branding.primary_color {
             if !is_hex_colour(c) {
-                return Err(format!("organization.branding.primary_color {c:?} must be a hex colour like #007FFF"));
+                broken.push(format!("organization.branding.primary_color {c:?} must be a hex colour like #007FFF"));
             }
             body.insert("color".into(), json!(c));
         }
         let mut payload: Map<String, Value> = spec.metadata.clone().into_iter().collect();
         payload.insert(TAG.into(), json!(request_id.as_str()));
         body.insert("metadata".into(), json!({ "payload": payload }));
-        if let Some(t) = non_empty_setting(&spec.settings, "template_id")? {
+        if let Some(Some(t)) = broken.check(non_empty_setting(&spec.settings, "template_id")) {
             body.insert("template_id".into(), json!(t));
         }
         if let Some(m) = spec.settings.get("authentication_mechanisms") {
-            let list = m.as_array().ok_or("template setting secureauth.authentication_mechanisms must be an array")?;
-            for item in list {
-                if !item.as_str().is_some_and(|s| MECHANISMS.contains(&s)) {
-                    return Err(format!(
-                        "template setting secureauth.authentication_mechanisms: {item} is not one of {}",
-                        MECHANISMS.join(", ")
-                    ));
+            match m.as_array() {
+                None => broken.push("template setting secureauth.authentication_mechanisms must be an array"),
+                Some(list) => {
+                    for item in list.iter().filter(|item| !item.as_str().is_some_and(|s| MECHANISMS.contains(&s))) {
+                        broken.push(format!(
+                            "template setting secureauth.authentication_mechanisms: {item} is not one of {}",
+                            MECHANISMS.join(", ")
+                        ));
+                    }
                 }
             }
             body.insert("authentication_mechanisms".into(), m.clone());
         }
-        Ok(Value::Object(body))
+        broken.into_result(Value::Object(body))
+    }
+
+    fn create_request(&self, body: &Value, request_id: &RequestId) -> Result<CreateRequest, CallError> {
+        Ok(CreateRequest::post_json(self.organizations_url.clone(), body.clone(), request_id, AuthScheme::Bearer))
     }
 
     fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>> {
         async move {
-            let response = self.auth.create(&self.delivery, &self.organizations_url, body, request_id).await?;
+            let request = self.create_request(body, request_id)?;
+            let response = self.auth.create(&self.delivery, &request).await?;
             match response.status {
                 409 => self.resolve_conflict(body, &response).await,
                 _ => ANSWERS.create_answer(&response),

@@ -45,8 +45,8 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::rules::{email_domains, is_http_url, known_settings, length, name_rules, tag_free};
-use super::upstream::{Answers, create_request, text_at};
-use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys};
+use super::upstream::{Answers, AuthScheme, CreateRequest, create_request, text_at};
+use super::{CallError, Created, ErrorClass, Lookup, Provider, ProviderKind, Target, TargetKeys, Violations};
 use crate::contract::RequestId;
 use crate::delivery::{Delivery, Response};
 use crate::template::OrgSpec;
@@ -234,44 +234,50 @@ impl Provider for Stytch {
         ProviderKind::Stytch
     }
 
-    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, String> {
+    fn prepare(&self, spec: &OrgSpec, request_id: &RequestId) -> Result<Value, Violations> {
+        let mut broken = Violations::new();
         let slug = &spec.name;
         let rules = "Stytch's slug rules: 2-128 characters of letters, digits, '-', '.', '_' and '~'";
-        name_rules(is_slug(slug), slug, rules)?;
+        broken.check(name_rules(is_slug(slug), slug, rules));
         let name = spec.display_name.as_deref().unwrap_or(slug);
-        length("organization.display_name", name, 1..=NAME_MAX, "Stytch")?;
-        if name.trim().is_empty() {
-            return Err("organization.display_name must not be blank for Stytch".into());
+        if broken.check(length("organization.display_name", name, 1..=NAME_MAX, "Stytch")).is_some()
+            && name.trim().is_empty()
+        {
+            broken.push("organization.display_name must not be blank for Stytch");
         }
         let mut body = Map::new();
         body.insert("organization_name".into(), json!(name));
         body.insert("organization_slug".into(), json!(slug));
         body.insert("organization_external_id".into(), json!(external_id(request_id.as_str())));
-        tag_free(&spec.metadata, TAG)?;
+        broken.check(tag_free(&spec.metadata, TAG));
         let mut metadata: Map<String, Value> = spec.metadata.clone().into_iter().collect();
         metadata.insert(TAG.into(), json!(request_id.as_str()));
         body.insert("trusted_metadata".into(), Value::Object(metadata));
         if !spec.domains.is_empty() {
-            email_domains(&spec.domains)?;
+            broken.check(email_domains(&spec.domains));
             if let Some(d) = spec.domains.iter().find(|d| COMMON_DOMAINS.contains(&d.to_ascii_lowercase().as_str())) {
-                return Err(format!("organization.domains: Stytch refuses common public mail domains like {d:?}"));
+                broken.push(format!("organization.domains: Stytch refuses common public mail domains like {d:?}"));
             }
             body.insert("email_allowed_domains".into(), json!(spec.domains));
         }
         if let Some(url) = &spec.branding.logo_url {
             if !is_http_url(url) {
-                return Err(format!("organization.branding.logo_url {url:?} must be an http(s) URL"));
+                broken.push(format!("organization.branding.logo_url {url:?} must be an http(s) URL"));
             }
             body.insert("organization_logo_url".into(), json!(url));
         }
-        apply_settings(&spec.settings, &mut body)?;
-        Ok(Value::Object(body))
+        apply_settings(&spec.settings, &mut body, &mut broken);
+        broken.into_result(Value::Object(body))
+    }
+
+    fn create_request(&self, body: &Value, request_id: &RequestId) -> Result<CreateRequest, CallError> {
+        Ok(CreateRequest::post_json(self.organizations_url.clone(), body.clone(), request_id, AuthScheme::Basic))
     }
 
     fn create<'a>(&'a self, body: &'a Value, request_id: &'a RequestId) -> BoxFuture<'a, Result<Created, CallError>> {
         async move {
             let what = "create organization";
-            let request = create_request(&self.delivery, &self.organizations_url, body, request_id);
+            let request = create_request(&self.delivery, &self.create_request(body, request_id)?);
             let response =
                 self.delivery.send(self.authorized(request)).await.map_err(|e| CallError::from_send(e, what))?;
             match response.status {
@@ -307,34 +313,45 @@ impl Provider for Stytch {
     }
 }
 
-/// Validates `[settings.stytch]` and copies it into the body.
-fn apply_settings(settings: &BTreeMap<String, Value>, body: &mut Map<String, Value>) -> Result<(), String> {
+/// Validates `[settings.stytch]` (every broken rule into `broken`) and copies it into the body.
+fn apply_settings(settings: &BTreeMap<String, Value>, body: &mut Map<String, Value>, broken: &mut Violations) {
     let mut known: Vec<&str> = ENUM_SETTINGS.iter().chain(LIST_SETTINGS).map(|(k, _)| *k).collect();
     known.push(ROLE_ASSIGNMENTS);
-    known_settings(settings, "stytch", &known)?;
+    if broken.check(known_settings(settings, "stytch", &known)).is_none() {
+        return;
+    }
     for (key, value) in settings {
         if let Some((_, allowed)) = ENUM_SETTINGS.iter().find(|(k, _)| k == key) {
             if !value.as_str().is_some_and(|s| allowed.contains(&s)) {
-                return Err(format!("template setting stytch.{key} is {value}; Stytch accepts {}", allowed.join(", ")));
+                broken.push(format!("template setting stytch.{key} is {value}; Stytch accepts {}", allowed.join(", ")));
             }
         } else if let Some((_, allowed)) = LIST_SETTINGS.iter().find(|(k, _)| k == key) {
-            let list = value.as_array().ok_or_else(|| format!("template setting stytch.{key} must be an array"))?;
-            if let Some(bad) = list.iter().find(|i| !i.as_str().is_some_and(|s| allowed.contains(&s))) {
-                return Err(format!("template setting stytch.{key}: {bad} is not one of {}", allowed.join(", ")));
+            match value.as_array() {
+                None => broken.push(format!("template setting stytch.{key} must be an array")),
+                Some(list) => {
+                    if let Some(bad) = list.iter().find(|i| !i.as_str().is_some_and(|s| allowed.contains(&s))) {
+                        broken
+                            .push(format!("template setting stytch.{key}: {bad} is not one of {}", allowed.join(", ")));
+                    }
+                }
             }
         } else {
-            let list = value.as_array().ok_or_else(|| format!("template setting stytch.{key} must be an array"))?;
-            for item in list {
-                let ok = item.as_object().is_some_and(|o| {
-                    o.len() == 2
-                        && ["domain", "role_id"]
-                            .iter()
-                            .all(|f| o.get(*f).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
-                });
-                if !ok {
-                    return Err(format!(
-                        "template setting stytch.{key}: each entry needs exactly a domain and a role_id, got {item}"
-                    ));
+            match value.as_array() {
+                None => broken.push(format!("template setting stytch.{key} must be an array")),
+                Some(list) => {
+                    for item in list {
+                        let ok = item.as_object().is_some_and(|o| {
+                            o.len() == 2
+                                && ["domain", "role_id"]
+                                    .iter()
+                                    .all(|f| o.get(*f).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+                        });
+                        if !ok {
+                            broken.push(format!(
+                                "template setting stytch.{key}: each entry needs exactly a domain and a role_id, got {item}"
+                            ));
+                        }
+                    }
                 }
             }
         }
@@ -344,10 +361,9 @@ fn apply_settings(settings: &BTreeMap<String, Value>, body: &mut Map<String, Val
         let restricted = settings.get(mode).and_then(Value::as_str) == Some("RESTRICTED");
         let empty = settings.get(list).and_then(Value::as_array).is_none_or(Vec::is_empty);
         if restricted && empty {
-            return Err(format!("template setting stytch.{mode} = \"RESTRICTED\" needs a non-empty stytch.{list}"));
+            broken.push(format!("template setting stytch.{mode} = \"RESTRICTED\" needs a non-empty stytch.{list}"));
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub fn with(spec: &OrgSpec, change: impl FnOnce(&mut OrgSpec)) -> OrgSpec {
 /// Asserts that `provider` refuses `spec` before any call, naming `needle`.
 pub fn assert_refused(provider: &dyn Provider, spec: &OrgSpec, needle: &str) {
     match provider.prepare(spec, &RequestId::parse("req-1").unwrap()) {
-        Err(e) => assert!(e.contains(needle), "{e:?} does not name {needle:?}"),
+        Err(e) => assert!(e.to_string().contains(needle), "{e:?} does not name {needle:?}"),
         Ok(body) => panic!("{body} was accepted; expected a refusal naming {needle:?}"),
     }
 }

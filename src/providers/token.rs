@@ -15,9 +15,8 @@ use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::upstream::{Answers, create_request};
+use super::upstream::{Answers, CreateRequest, create_request};
 use super::{CallError, ErrorClass, Target};
-use crate::contract::RequestId;
 use crate::delivery::{Delivery, Response};
 
 struct Cached {
@@ -115,15 +114,9 @@ impl<G: Grant> BearerAuth<G> {
         }
     }
 
-    /// Sends a create: [`create_request`] with the bearer token.
-    pub async fn create(
-        &self,
-        delivery: &Delivery,
-        url: &str,
-        body: &Value,
-        request_id: &RequestId,
-    ) -> Result<Response, CallError> {
-        self.send(delivery, || create_request(delivery, url, body, request_id), "create organization").await
+    /// Sends a create: the call `request` describes ([`create_request`]) with the bearer token.
+    pub async fn create(&self, delivery: &Delivery, request: &CreateRequest) -> Result<Response, CallError> {
+        self.send(delivery, || create_request(delivery, request), "create organization").await
     }
 
     /// Sends a lookup, `GET url` with `query`, with the bearer token. A lookup changes

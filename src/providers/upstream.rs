@@ -1,8 +1,10 @@
-//! What every provider module does alike with its upstream's API: sending a create with our
-//! `Idempotency-Key`, reading the upstream's error bodies and created ids, and classifying
-//! failed calls. Each provider describes how its answers read once, in an [`Answers`]
-//! constant; what differs (conflicts, lookups, ownership) stays in its own module.
+//! What every provider module does alike with its upstream's API: describing and sending a
+//! create with our `Idempotency-Key` ([`CreateRequest`], [`create_request`]), reading the
+//! upstream's error bodies and created ids, and classifying failed calls. Each provider
+//! describes how its answers read once, in an [`Answers`] constant; what differs (conflicts,
+//! lookups, ownership) stays in its own module.
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::{CallError, Created, ErrorClass};
@@ -12,10 +14,72 @@ use crate::delivery::{Delivery, Response};
 /// How many bytes of an answer that is not JSON an error message quotes.
 const BODY_PREFIX: usize = 200;
 
-/// `POST url` with `body` as JSON and `Idempotency-Key: <request_id>`. Every create sends the
-/// header (DESIGN §Guarantees 2) although none of the providers honours it.
-pub fn create_request(delivery: &Delivery, url: &str, body: &Value, request_id: &RequestId) -> reqwest::RequestBuilder {
-    delivery.client().post(url).header("idempotency-key", request_id.as_str()).json(body)
+/// The `User-Agent` of every call (the HTTP client sends the same by default).
+pub const USER_AGENT: &str = concat!("orgprov/", env!("CARGO_PKG_VERSION"));
+
+/// How a create call is authenticated. The credential itself is never part of a
+/// [`CreateRequest`]: the provider adds it when sending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum AuthScheme {
+    /// `Authorization: Bearer <access token>` (from the provider's token endpoint).
+    Bearer,
+    /// `Authorization: Basic base64(client_id:secret)` (Stytch).
+    Basic,
+}
+
+impl AuthScheme {
+    /// The `Authorization` header with the credential redacted: `Bearer <redacted>`.
+    pub fn redacted(self) -> &'static str {
+        match self {
+            AuthScheme::Bearer => "Bearer <redacted>",
+            AuthScheme::Basic => "Basic <redacted>",
+        }
+    }
+}
+
+/// A create call exactly as it goes on the wire, its credential aside: each provider builds
+/// this description ([`super::Provider::create_request`]), its `create` sends it through
+/// [`create_request`], and `orgprov plan` prints it. Both read the same value, so what plan
+/// shows is what the worker sends.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CreateRequest {
+    pub method: &'static str,
+    pub url: String,
+    /// Every header set on the call besides `Authorization`, in the order they are set:
+    /// `Content-Type`, `User-Agent`, `Idempotency-Key`, and a provider's own.
+    pub headers: Vec<(&'static str, String)>,
+    pub auth: AuthScheme,
+    /// The JSON body, sent as `serde_json` writes it.
+    pub body: Value,
+}
+
+impl CreateRequest {
+    /// `POST url` with `body` as JSON and `Idempotency-Key: <request_id>`. Every create sends
+    /// the header (DESIGN §Guarantees 2) although none of the providers honours it.
+    pub fn post_json(url: String, body: Value, request_id: &RequestId, auth: AuthScheme) -> CreateRequest {
+        let headers = vec![
+            ("Content-Type", "application/json".to_owned()),
+            ("User-Agent", USER_AGENT.to_owned()),
+            ("Idempotency-Key", request_id.as_str().to_owned()),
+        ];
+        CreateRequest { method: "POST", url, headers, auth, body }
+    }
+
+    /// Adds a header the provider needs (`X-Execution-Mode: sync` for BioT).
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> CreateRequest {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// The call `request` describes, without its credential (the provider adds it).
+pub fn create_request(delivery: &Delivery, request: &CreateRequest) -> reqwest::RequestBuilder {
+    let method = reqwest::Method::from_bytes(request.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let mut builder = delivery.client().request(method, &request.url);
+    for (name, value) in &request.headers {
+        builder = builder.header(*name, value);
+    }
+    builder.body(serde_json::to_vec(&request.body).unwrap_or_default())
 }
 
 /// The string at JSON `pointer` in `body`, empty when there is none (the natural key of a
@@ -173,5 +237,31 @@ mod tests {
             assert_eq!(e.class, ErrorClass::Ambiguous, "{body}");
             assert_eq!(e.message, "Upstream answered 200 without an organization id at organization.id");
         }
+    }
+
+    #[test]
+    fn a_create_request_sends_exactly_what_it_describes() {
+        let target = crate::providers::Target::for_tests(crate::providers::auth0::Settings::default().into());
+        let delivery = Delivery::unlimited(&target);
+        let id = RequestId::parse("req-7").unwrap();
+        let described = CreateRequest::post_json(
+            "http://x.example/orgs".into(),
+            json!({"b": [1], "a": "é"}),
+            &id,
+            AuthScheme::Basic,
+        )
+        .header("X-Execution-Mode", "sync");
+        let sent = create_request(&delivery, &described).build().unwrap();
+        assert_eq!((sent.method().as_str(), sent.url().as_str()), ("POST", "http://x.example/orgs"));
+        let headers: Vec<(String, String)> =
+            sent.headers().iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned())).collect();
+        let expected: Vec<(String, String)> =
+            described.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect();
+        assert_eq!(headers, expected);
+        assert_eq!(
+            sent.body().and_then(|b| b.as_bytes()),
+            Some(serde_json::to_vec(&described.body).unwrap().as_slice())
+        );
+        assert_eq!(AuthScheme::Basic.redacted(), "Basic <redacted>");
     }
 }

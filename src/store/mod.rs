@@ -9,7 +9,8 @@
 //! - [`outbox`]: stored outcome events and the queries of the outbox relay;
 //! - [`limits`]: the replica-wide rate limit and pause of each target ([`PgSlots`]);
 //! - [`replay`]: `orgprov replay` and the retention sweeps;
-//! - [`report`]: the read side of `orgprov status`.
+//! - [`report`]: the read side of `orgprov status`;
+//! - [`outcomes`]: the read side of `orgprov bulk` (many requests' states at once).
 //!
 //! No transaction is ever held across an upstream HTTP call: a claim commits before the
 //! call, and the settle opens its own transaction after it. States and kinds are Rust enums
@@ -20,6 +21,7 @@ mod calls;
 mod claim;
 mod limits;
 mod outbox;
+mod outcomes;
 mod replay;
 mod report;
 mod settle;
@@ -38,6 +40,7 @@ use crate::lifecycle::{AttemptOutcome, CallKind};
 pub use claim::{ClaimResult, NewClaim};
 pub use limits::PgSlots;
 pub use outbox::Pending;
+pub use outcomes::RequestOutcome;
 pub use replay::{ReplayCandidate, ReplaySelection};
 pub use report::RequestReport;
 pub use settle::{Settle, Settled};

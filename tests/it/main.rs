@@ -2,6 +2,8 @@
 //! One test binary (zero2prod style); each module is a group of user stories.
 
 mod bad_input;
+mod bulk;
+mod bulk_support;
 mod chaos;
 mod crash;
 mod crash_points;
@@ -10,6 +12,7 @@ mod helpers;
 mod layout;
 mod mixed;
 mod pipeline;
+mod plan;
 mod providers_biot;
 mod providers_logto;
 mod providers_secureauth;

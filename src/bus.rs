@@ -116,6 +116,11 @@ pub async fn publish_request(
     Ok(ack)
 }
 
+/// Confirmed publications marked in one statement, at most.
+const MARK_BATCH: usize = 2000;
+/// How long a confirmed publication waits for its mark, at most.
+const MARK_DELAY: Duration = Duration::from_millis(200);
+
 /// How the worker hands committed outbox rows to its [`Relay`]; cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
@@ -157,6 +162,10 @@ impl Relay {
     pub async fn run(mut self, stop: CancellationToken, drain_timeout: Duration) {
         let mut failures = 0u32;
         let mut next_poll = tokio::time::Instant::now();
+        // Confirmed rows are marked in bulk, a little later: a publication must go out at
+        // once, its mark need not (the orphan poll leaves rows younger than `orphan_age`).
+        let mut confirmed: Vec<i64> = Vec::new();
+        let mut mark_by: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 rows = self.rows.recv() => {
@@ -168,7 +177,17 @@ impl Relay {
                             Err(_) => break,
                         }
                     }
-                    self.publish_committed(&rows).await;
+                    confirmed.extend(self.publish_committed(&rows).await);
+                    if confirmed.len() >= MARK_BATCH {
+                        self.mark(&mut confirmed).await;
+                        mark_by = None;
+                    } else if !confirmed.is_empty() && mark_by.is_none() {
+                        mark_by = Some(tokio::time::Instant::now() + MARK_DELAY);
+                    }
+                }
+                _ = tokio::time::sleep_until(mark_by.unwrap_or_else(tokio::time::Instant::now)), if mark_by.is_some() => {
+                    self.mark(&mut confirmed).await;
+                    mark_by = None;
                 }
                 _ = tokio::time::sleep_until(next_poll) => {
                     match self.publish_orphans(self.orphan_age).await {
@@ -189,8 +208,9 @@ impl Relay {
         }
         let deadline = tokio::time::Instant::now() + drain_timeout;
         while let Ok(rows) = self.rows.try_recv() {
-            self.publish_committed(&rows).await;
+            confirmed.extend(self.publish_committed(&rows).await);
         }
+        self.mark(&mut confirmed).await;
         while tokio::time::Instant::now() < deadline {
             match self.publish_orphans(Duration::ZERO).await {
                 Ok(0) => break,
@@ -203,22 +223,29 @@ impl Relay {
         }
     }
 
-    /// Publishes rows the worker just committed and marks those JetStream confirmed; the
+    /// Publishes rows the worker just committed; the outbox ids JetStream confirmed. The
     /// others stay for the orphan poll.
-    async fn publish_committed(&self, rows: &[Pending]) {
+    async fn publish_committed(&self, rows: &[Pending]) -> Vec<i64> {
         let (done, error) = self.publish(rows).await;
         if let Some(e) = error {
             tracing::warn!(error = %e, published = done.len(), "outbox relay: some publishes failed; the poll retries them");
         }
-        if done.is_empty() {
+        done
+    }
+
+    /// Marks confirmed rows as published, and forgets them either way: rows left unmarked
+    /// are published again by the orphan poll, which JetStream's dedupe window absorbs.
+    async fn mark(&self, confirmed: &mut Vec<i64>) {
+        if confirmed.is_empty() {
             return;
         }
-        match Store::mark_published(self.store.pool(), &done).await {
-            Ok(()) => METRICS.events_published.add(done.len() as u64),
+        match Store::mark_published(self.store.pool(), confirmed).await {
+            Ok(()) => METRICS.events_published.add(confirmed.len() as u64),
             Err(e) => {
                 tracing::warn!(error = %e, "outbox relay: could not mark published rows; the poll publishes them again")
             }
         }
+        confirmed.clear();
     }
 
     /// Publishes one batch of orphans (rows queued at least `min_age` ago) and marks the

@@ -70,18 +70,28 @@ impl Store {
         let column = |f: fn(&NewClaim) -> &str| fresh.iter().map(|c| f(c)).collect::<Vec<&str>>();
         let json = |f: fn(&NewClaim) -> &Value| fresh.iter().map(|c| Json(f(c))).collect::<Vec<Json<&Value>>>();
         let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO requests (request_id, content_hash, document, state, target, provider, template,
-                                   template_version, spec, body, natural_key, owner, fencing_token,
-                                   lease_expires_at, attempts, needs_reconcile)
-             SELECT i.request_id, i.content_hash, i.document, 'active', i.target, i.provider, i.template,
-                    i.template_version, i.spec, i.body, i.natural_key, i.owner, 1,
-                    now() + make_interval(secs => i.lease), CASE WHEN i.started THEN 1 ELSE 0 END, i.started
-             FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::jsonb[], $9::jsonb[], $10::text[], $11::text[], $12::float8[], $13::bool[])
-                  AS i(request_id, content_hash, document, target, provider, template, template_version,
-                       spec, body, natural_key, owner, lease, started)
-             ON CONFLICT (request_id) DO NOTHING
-             RETURNING request_id",
+            "WITH i AS (
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[],
+                                      $7::text[], $8::jsonb[], $9::jsonb[], $10::text[], $11::text[],
+                                      $12::float8[], $13::bool[])
+                     AS i(request_id, content_hash, document, target, provider, template, template_version,
+                          spec, body, natural_key, owner, lease, started)
+             ), r AS (
+                 INSERT INTO requests (request_id, content_hash, state, target, provider, template,
+                                       template_version, natural_key, owner, fencing_token, lease_expires_at,
+                                       attempts, needs_reconcile)
+                 SELECT i.request_id, i.content_hash, 'active', i.target, i.provider, i.template,
+                        i.template_version, i.natural_key, i.owner, 1, now() + make_interval(secs => i.lease),
+                        CASE WHEN i.started THEN 1 ELSE 0 END, i.started
+                 FROM i
+                 ON CONFLICT (request_id) DO NOTHING
+                 RETURNING request_id
+             ), b AS (
+                 INSERT INTO request_bodies (request_id, document, spec, body)
+                 SELECT i.request_id, i.document, i.spec, i.body FROM i JOIN r USING (request_id)
+                 ON CONFLICT (request_id) DO NOTHING
+             )
+             SELECT request_id FROM r",
         )
         .bind(column(|c| c.request_id.as_str()))
         .bind(column(|c| &c.content_hash))
@@ -240,22 +250,29 @@ async fn lock_or_insert(
     content_hash: &str,
     document: Option<&Value>,
 ) -> Result<Current, StoreError> {
-    sqlx::query(
-        "INSERT INTO requests (request_id, content_hash, document, state) VALUES ($1, $2, $3, 'active')
+    let inserted = sqlx::query(
+        "INSERT INTO requests (request_id, content_hash, state) VALUES ($1, $2, 'active')
          ON CONFLICT (request_id) DO NOTHING",
     )
     .bind(request_id)
     .bind(content_hash)
-    .bind(document)
     .execute(&mut **tx)
     .await?;
+    if inserted.rows_affected() == 1 {
+        sqlx::query("INSERT INTO request_bodies (request_id, document) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(request_id)
+            .bind(document)
+            .execute(&mut **tx)
+            .await?;
+    }
     let row = sqlx::query(
-        "SELECT state, content_hash, generation, attempts, needs_reconcile,
-                CASE WHEN lease_expires_at > now()
-                     THEN EXTRACT(EPOCH FROM (lease_expires_at - now()))::float8 END AS lease_left,
-                target, provider, template, template_version, spec, body, natural_key,
-                EXTRACT(EPOCH FROM (now() - generation_started_at))::float8 AS age
-         FROM requests WHERE request_id = $1 FOR UPDATE",
+        "SELECT r.state, r.content_hash, r.generation, r.attempts, r.needs_reconcile,
+                CASE WHEN r.lease_expires_at > now()
+                     THEN EXTRACT(EPOCH FROM (r.lease_expires_at - now()))::float8 END AS lease_left,
+                r.target, r.provider, r.template, r.template_version, b.spec, b.body, r.natural_key,
+                EXTRACT(EPOCH FROM (now() - r.generation_started_at))::float8 AS age
+         FROM requests r LEFT JOIN request_bodies b USING (request_id)
+         WHERE r.request_id = $1 FOR UPDATE OF r",
     )
     .bind(request_id)
     .fetch_one(&mut **tx)
@@ -322,8 +339,7 @@ async fn take_lease(
     let token = sqlx::query_scalar(
         "UPDATE requests SET fencing_token = fencing_token + 1, owner = $2,
                 lease_expires_at = now() + make_interval(secs => $3), updated_at = now(),
-                target = $4, provider = $5, template = $6, template_version = $7,
-                spec = $8, body = $9, natural_key = $10
+                target = $4, provider = $5, template = $6, template_version = $7, natural_key = $8
          WHERE request_id = $1 RETURNING fencing_token",
     )
     .bind(request_id)
@@ -333,10 +349,18 @@ async fn take_lease(
     .bind(&prepared.provider)
     .bind(&prepared.template)
     .bind(&prepared.template_version)
-    .bind(&prepared.spec)
-    .bind(&prepared.body)
     .bind(&prepared.natural_key)
     .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO request_bodies (request_id, spec, body) VALUES ($1, $2, $3)
+         ON CONFLICT (request_id) DO UPDATE SET spec = EXCLUDED.spec, body = EXCLUDED.body
+         WHERE request_bodies.spec IS DISTINCT FROM EXCLUDED.spec OR request_bodies.body IS DISTINCT FROM EXCLUDED.body",
+    )
+    .bind(request_id)
+    .bind(&prepared.spec)
+    .bind(&prepared.body)
+    .execute(&mut **tx)
     .await?;
     Ok(token)
 }

@@ -178,12 +178,18 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
 
 impl Store {
     pub async fn connect(url: &str, max_connections: u32, naming: EventNaming) -> anyhow::Result<Store> {
-        // Every statement is planned for its own parameters: the hot path's statements take
-        // arrays whose length varies from one to hundreds, and a generic plan chosen while
-        // the tables were small (a hash join over `requests`, say) would stay for good and
-        // make every batch cost more as the tables grow.
-        let options: PgConnectOptions =
-            url.parse::<PgConnectOptions>()?.options([("plan_cache_mode", "force_custom_plan")]);
+        // Every statement of orgprov finds rows by key. A plan that scans a table instead
+        // (a hash join over `requests`, a sequential scan) is cheaper only while the table is
+        // tiny, yet Postgres keeps the generic plan of a prepared statement for as long as the
+        // connection lives, and without statistics (autovacuum off, or a table that grew since
+        // the last ANALYZE) it would pick one early and then pay for every row of the table on
+        // every batch. Re-planning each execution instead costs more than the batch itself.
+        // So the planner is told to use the indexes: plans stay keyed, whatever the statistics.
+        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([
+            ("enable_seqscan", "off"),
+            ("enable_hashjoin", "off"),
+            ("enable_mergejoin", "off"),
+        ]);
         // No ping before handing out a connection: a round trip per statement on the hot path,
         // and a broken connection fails its statement anyway, which every caller handles.
         let pool = PgPoolOptions::new()

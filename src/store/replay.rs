@@ -71,8 +71,9 @@ impl Store {
     ) -> Result<Option<(Transaction<'static, Postgres>, i64, Value)>, StoreError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
-            "SELECT generation, document, to_jsonb(r) - 'document' - 'spec' - 'body' AS previous
-             FROM requests r WHERE request_id = $1 AND state = 'failed' AND document IS NOT NULL FOR UPDATE",
+            "SELECT r.generation, b.document, b.spec IS NOT NULL AS rendered, to_jsonb(r) AS previous
+             FROM requests r JOIN request_bodies b USING (request_id)
+             WHERE r.request_id = $1 AND r.state = 'failed' AND b.document IS NOT NULL FOR UPDATE OF r",
         )
         .bind(request_id)
         .fetch_optional(&mut *tx)
@@ -86,11 +87,12 @@ impl Store {
             "UPDATE requests SET generation = $2, state = 'active', attempts = 0, error = NULL,
                     organization_id = NULL, created = NULL, completed_at = NULL, owner = NULL,
                     lease_expires_at = NULL, generation_started_at = now(), updated_at = now(),
-                    needs_reconcile = (spec IS NOT NULL)
+                    needs_reconcile = $3
              WHERE request_id = $1",
         )
         .bind(request_id)
         .bind(generation)
+        .bind(row.get::<bool, _>("rendered"))
         .execute(&mut *tx)
         .await?;
         sqlx::query("INSERT INTO replays (request_id, generation, previous) VALUES ($1, $2, $3)")

@@ -17,7 +17,10 @@ pub struct RequestReport {
 impl Store {
     pub async fn report(&self, request_id: &str) -> Result<Option<RequestReport>, StoreError> {
         let request: Option<Value> =
-            sqlx::query_scalar("SELECT to_jsonb(r) - 'body' - 'owner' FROM requests r WHERE request_id = $1")
+            sqlx::query_scalar(
+                "SELECT to_jsonb(r) - 'owner' || jsonb_build_object('document', b.document, 'spec', b.spec)
+                 FROM requests r LEFT JOIN request_bodies b USING (request_id) WHERE r.request_id = $1",
+            )
                 .bind(request_id)
                 .fetch_optional(&self.pool)
                 .await?;

@@ -294,8 +294,9 @@ impl Worker {
     }
 
     /// How many fetched messages could start soon, at least one: what every target has free
-    /// of its in-flight slots and of its rate for the next `max_inline_wait_secs`. When nothing
-    /// is free, waits a little for a slot to free up first.
+    /// of its in-flight slots and of its rate for the next `max_inline_wait_secs`. Under load,
+    /// slots free up one at a time; waiting a few milliseconds for some of them to gather
+    /// makes one pull request fetch many messages instead of one.
     async fn room(&self) -> usize {
         let horizon = Duration::from_secs(self.settings.worker.max_inline_wait_secs);
         let free = || {
@@ -304,14 +305,20 @@ impl Worker {
                 .map(|rt| rt.slots.available_permits().min(rt.delivery.admission().room(horizon)))
                 .fold(0usize, usize::saturating_add)
         };
-        let mut room = free();
-        if room == 0 {
-            // A slot frees up as soon as a request of a full target ends; a throttled target's
-            // room comes back with time. Either way, look again shortly.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            room = free();
+        let gathered = tokio::time::Instant::now() + FETCH_GATHER;
+        loop {
+            let room = free();
+            if room >= FETCH_AT_LEAST || tokio::time::Instant::now() >= gathered {
+                if room > 0 {
+                    return room;
+                }
+                // A slot frees up as soon as a request of a full target ends; a throttled
+                // target's room comes back with time. Either way, look again shortly.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return free().max(1);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        room.max(1)
     }
 
     async fn sweep(self: Arc<Self>, shutdown: CancellationToken) {
@@ -451,6 +458,11 @@ impl Worker {
         self.claim_and_drive(keyed, runtime, abandon, move |_| prepared).await
     }
 }
+
+/// A pull request waits for this much room to fetch into...
+const FETCH_AT_LEAST: usize = 32;
+/// ...or this long, whichever comes first.
+const FETCH_GATHER: Duration = Duration::from_millis(10);
 
 /// Statements in flight at once per kind of batch (claims, settles).
 const WRITERS: usize = 4;

@@ -16,14 +16,13 @@ pub struct RequestReport {
 
 impl Store {
     pub async fn report(&self, request_id: &str) -> Result<Option<RequestReport>, StoreError> {
-        let request: Option<Value> =
-            sqlx::query_scalar(
-                "SELECT to_jsonb(r) - 'owner' || jsonb_build_object('document', b.document, 'spec', b.spec)
+        let request: Option<Value> = sqlx::query_scalar(
+            "SELECT to_jsonb(r) - 'owner' || jsonb_build_object('document', b.document, 'spec', b.spec)
                  FROM requests r LEFT JOIN request_bodies b USING (request_id) WHERE r.request_id = $1",
-            )
-                .bind(request_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        )
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(request) = request else { return Ok(None) };
         let attempts =
             sqlx::query_scalar("SELECT to_jsonb(a) - 'request_id' FROM attempts a WHERE request_id = $1 ORDER BY id")

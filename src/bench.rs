@@ -438,16 +438,19 @@ impl Bench {
         let count = (rate * length.as_secs_f64()).round().max(1.0) as usize;
         let mut sent_at: HashMap<String, Instant> = HashMap::with_capacity(count);
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-        let mut acks = Vec::with_capacity(count);
+        // Acks are awaited as they come (unread acks hold the client's publish window, and a
+        // full window would hold the next publish back: a delay of the bench, not the worker).
+        let mut acks = tokio::task::JoinSet::new();
         for i in 0..count {
             tick.tick().await;
             let (id, payload) = request(&s.settings, "l", i);
             let message = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(&id);
             sent_at.insert(id, Instant::now());
-            acks.push(js.send_publish(subject.clone(), message).await?);
+            let ack = js.send_publish(subject.clone(), message).await?;
+            acks.spawn(ack.into_future());
         }
-        for ack in acks {
-            ack.await?;
+        while let Some(ack) = acks.join_next().await {
+            ack??;
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         let latencies = outcomes.latencies(&sent_at, deadline).await;
@@ -483,10 +486,18 @@ impl Bench {
     }
 }
 
-/// The outcome events of a run, read from its events stream.
+/// The outcome events of a run, read from its events stream by a task of their own, so each
+/// arrival is timed when it happens, whatever the bench does meanwhile (publishing, say).
 struct Outcomes {
-    messages: consumer::pull::Stream,
+    arrivals: tokio::sync::mpsc::UnboundedReceiver<anyhow::Result<(String, Instant)>>,
+    reader: tokio::task::JoinHandle<()>,
     seen: std::collections::HashSet<String>,
+}
+
+impl Drop for Outcomes {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl Outcomes {
@@ -500,26 +511,44 @@ impl Outcomes {
                 ..Default::default()
             })
             .await?;
-        Ok(Outcomes { messages: consumer.messages().await?, seen: Default::default() })
+        let (tx, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let mut messages = consumer.stream().max_messages_per_batch(1000).messages().await?;
+        let reader = tokio::spawn(async move {
+            while let Some(message) = messages.next().await {
+                let arrival = match message {
+                    Ok(m) => serde_json::from_slice::<serde_json::Value>(&m.payload)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|event| {
+                            if event["type"] != PROVISIONED_TYPE {
+                                anyhow::bail!("a request failed: {}", event["data"]["error"]);
+                            }
+                            Ok((event["subject"].as_str().unwrap_or_default().to_owned(), Instant::now()))
+                        }),
+                    // A missed heartbeat is not the end of the stream: the client pulls again.
+                    Err(e) if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat => continue,
+                    Err(e) => Err(anyhow::anyhow!("events: {e}")),
+                };
+                if tx.send(arrival).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Outcomes { arrivals, reader, seen: Default::default() })
     }
 
-    /// The next request id with an outcome not seen before.
-    async fn next_new(&mut self, deadline: Instant) -> anyhow::Result<Option<String>> {
+    /// The next request id with an outcome not seen before, and when it arrived; `None`
+    /// when nothing came within a second.
+    async fn next_new(&mut self, deadline: Instant) -> anyhow::Result<Option<(String, Instant)>> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let message = match tokio::time::timeout(left.min(Duration::from_secs(1)), self.messages.next()).await {
+            let (id, at) = match tokio::time::timeout(left.min(Duration::from_secs(1)), self.arrivals.recv()).await {
                 Err(_) if left <= Duration::from_secs(1) => anyhow::bail!("no outcome before the deadline"),
                 Err(_) => return Ok(None),
-                Ok(None) => anyhow::bail!("the events consumer ended"),
-                Ok(Some(m)) => m.map_err(|e| anyhow::anyhow!("events: {e}"))?,
+                Ok(None) => anyhow::bail!("the events reader ended"),
+                Ok(Some(arrival)) => arrival?,
             };
-            let event: serde_json::Value = serde_json::from_slice(&message.payload)?;
-            if event["type"] != PROVISIONED_TYPE {
-                anyhow::bail!("a request failed: {}", event["data"]["error"]);
-            }
-            let id = event["subject"].as_str().unwrap_or_default().to_owned();
             if self.seen.insert(id.clone()) {
-                return Ok(Some(id));
+                return Ok(Some((id, at)));
             }
         }
     }
@@ -535,8 +564,8 @@ impl Outcomes {
         let mut arrivals = Vec::with_capacity(count);
         let mut last_tick = Instant::now();
         while arrivals.len() < count {
-            if self.next_new(deadline).await?.is_some() {
-                arrivals.push(Instant::now());
+            if let Some((_, at)) = self.next_new(deadline).await? {
+                arrivals.push(at);
             }
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 tick(arrivals.len());
@@ -554,10 +583,10 @@ impl Outcomes {
     ) -> anyhow::Result<Vec<Duration>> {
         let mut latencies = Vec::with_capacity(sent_at.len());
         while latencies.len() < sent_at.len() {
-            if let Some(id) = self.next_new(deadline).await?
+            if let Some((id, at)) = self.next_new(deadline).await?
                 && let Some(t) = sent_at.get(&id)
             {
-                latencies.push(t.elapsed());
+                latencies.push(at.saturating_duration_since(*t));
             }
         }
         Ok(latencies)
@@ -594,6 +623,9 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
     crate::store::ensure_database(&settings.postgres.url).await?;
     let store = Store::connect(&settings.postgres.url, 1, naming()).await?;
     store.migrate().await?;
+    // Dropping the last part's database made Postgres write everything out; a checkpoint now
+    // (where the role may) keeps that writing out of this part's measurement.
+    let _ = sqlx::query("CHECKPOINT").execute(store.pool()).await;
     store.pool().close().await;
     Ok(())
 }

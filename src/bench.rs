@@ -423,7 +423,7 @@ impl Bench {
     /// Offers `rate` requests per second for `length` to one running worker.
     async fn latency(&self, rate: f64, length: Duration) -> anyhow::Result<Latency> {
         let s = self.scenario(0)?;
-        progress(&format!("latency: {rate} requests/s offered for {length:?}, 1 worker"));
+        progress(&format!("latency: {rate} requests/s offered for {length:?} after 1 s of warm-up, 1 worker"));
         let client = bus::connect(&s.settings.nats.url).await?;
         let js = bus::context(client.clone());
         bus::ensure_topology(&js, &s.settings.nats).await?;
@@ -431,9 +431,20 @@ impl Bench {
         let mut outcomes = Outcomes::subscribe(&js, &s.settings.nats).await?;
         let mut children = vec![self.spawn_worker(&s)?];
         let subject = s.settings.nats.requests_subject();
-        // One request first, so the worker is up before the clock starts.
+        // One request first, so the worker is up before the clock starts; then one second at
+        // the offered rate, not counted, so the figures are of a worker in its steady state
+        // (its pool open at the size this rate needs, its statements prepared).
         publish_all(&js, &subject, &[request(&s.settings, "warm", 0)]).await?;
         outcomes.wait_for(1, Instant::now() + Duration::from_secs(60), |_| {}).await?;
+        let warm_up = rate.ceil() as usize;
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        for i in 1..=warm_up {
+            tick.tick().await;
+            let (id, payload) = request(&s.settings, "warm", i);
+            let message = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(&id);
+            drop(js.send_publish(subject.clone(), message).await?);
+        }
+        outcomes.wait_for(warm_up, Instant::now() + Duration::from_secs(60), |_| {}).await?;
 
         let count = (rate * length.as_secs_f64()).round().max(1.0) as usize;
         let mut sent_at: HashMap<String, Instant> = HashMap::with_capacity(count);

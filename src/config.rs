@@ -203,6 +203,8 @@ impl NatsSettings {
 pub struct PostgresSettings {
     pub url: String,
     pub max_connections: u32,
+    /// Connections the worker keeps open even when idle (at most `max_connections`).
+    pub min_connections: u32,
     /// Apply migrations when the worker starts.
     pub migrate: bool,
 }
@@ -212,6 +214,7 @@ impl Default for PostgresSettings {
         PostgresSettings {
             url: "postgres://postgres@127.0.0.1:5432/orgprov".into(),
             max_connections: 32,
+            min_connections: 8,
             migrate: true,
         }
     }
@@ -294,6 +297,9 @@ impl PostgresSettings {
         if self.max_connections < 2 {
             return Err(key_error("postgres.max_connections", "must be at least 2"));
         }
+        if self.min_connections > self.max_connections {
+            return Err(key_error("postgres.min_connections", "must not exceed `postgres.max_connections`"));
+        }
         Ok(())
     }
 }
@@ -337,7 +343,7 @@ pub struct TargetSettings<P> {
     pub client_secret_file: Option<PathBuf>,
     /// Whole-call timeout of one upstream call; default 10000.
     pub timeout_ms: u64,
-    /// Requests of this target in work at once in one worker; default 64.
+    /// Requests of this target in work at once in one worker; default 256.
     pub max_in_flight: usize,
     pub rate_limit: RateLimitSettings,
     pub retry: RetrySettings,
@@ -797,6 +803,7 @@ mod tests {
         assert!(err("[nats]\nduplicate_window_secs = 60\n", &[]).contains("`nats.duplicate_window_secs`"));
         assert!(err("[worker]\ncolour = 1\n", &[]).contains("`worker.colour`"));
         assert!(err("[postgres]\nmax_connections = 1\n", &[]).contains("`postgres.max_connections`"));
+        assert!(err("[postgres]\nmax_connections = 4\nmin_connections = 5\n", &[]).contains("`postgres.min_connections`"));
         assert!(err("[worker]\nmax_inline_wait_secs = 30\n", &[]).contains("`worker.max_inline_wait_secs`"));
         assert!(err("targets = 1\n", &[]).contains("`targets`"));
         assert!(err("[targets]\nacme = 1\n", &[]).contains("`targets.acme`"));

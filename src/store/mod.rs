@@ -177,7 +177,19 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
 }
 
 impl Store {
+    /// A pool of up to `max_connections`, opened as they are needed (commands and tools).
     pub async fn connect(url: &str, max_connections: u32, naming: EventNaming) -> anyhow::Result<Store> {
+        Store::open(url, max_connections, 0, naming).await
+    }
+
+    /// The worker's pool: `postgres.max_connections` at most, and `postgres.min_connections`
+    /// kept open from the start, so the first burst after start-up or a quiet spell does not
+    /// wait for connections to be opened (and their statements prepared).
+    pub async fn connect_worker(settings: &crate::config::PostgresSettings, naming: EventNaming) -> anyhow::Result<Store> {
+        Store::open(&settings.url, settings.max_connections, settings.min_connections, naming).await
+    }
+
+    async fn open(url: &str, max_connections: u32, min_connections: u32, naming: EventNaming) -> anyhow::Result<Store> {
         // Every statement of orgprov finds rows by key. A plan that scans a table instead
         // (a hash join over `requests`, a sequential scan) is cheaper only while the table is
         // tiny, yet Postgres keeps the generic plan of a prepared statement for as long as the
@@ -194,6 +206,7 @@ impl Store {
         // and a broken connection fails its statement anyway, which every caller handles.
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
+            .min_connections(min_connections.min(max_connections))
             .acquire_timeout(Duration::from_secs(10))
             .test_before_acquire(false)
             .connect_with(options)

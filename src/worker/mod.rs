@@ -100,7 +100,7 @@ impl Worker {
             source: settings.worker.event_source.clone(),
             subject_prefix: settings.nats.subject_prefix.clone(),
         };
-        let store = Store::connect(&settings.postgres.url, settings.postgres.max_connections, naming).await?;
+        let store = Store::connect_worker(&settings.postgres, naming).await?;
         if settings.postgres.migrate {
             store.migrate().await?;
         }

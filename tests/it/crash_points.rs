@@ -29,6 +29,53 @@ mod points {
         env.cleanup().await;
     }
 
+    /// Killed right after a group commit of several settles, before their events went out and
+    /// their messages were acked. The restarted worker calls the upstream for none of the
+    /// requests that group settled, and their events carry the bytes committed before the kill.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_between_a_group_commit_and_the_acks_then_restarted() {
+        // All creates answer after the same delay, so their settles reach the writers together.
+        let faults = Faults { latency_ms: 200, ..Faults::default() };
+        let env = TestEnv::with_simulator(SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
+        let ids: Vec<String> = (0..20).map(|i| env.id(i)).collect();
+        let point = CrashPoint::AfterGroupCommit;
+        let mut worker = env.worker_process(&[("ORGPROV_FAULT_CRASH_AT", point.name())]);
+        for (i, id) in ids.iter().enumerate() {
+            env.publish_json(&env.request(id, &env.name(i)), Some(id)).await;
+        }
+        let status = worker.wait_exit(60).await;
+        assert!(status.is_some(), "the worker never reached {}; log:\n{}", point.name(), env.worker_log());
+        assert!(env.worker_log().contains(&format!("SIGKILL at {}", point.name())));
+
+        // What the group committed: settled requests, their attempts and their event bytes.
+        let settled: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT r.request_id, (SELECT count(*) FROM attempts a WHERE a.request_id = r.request_id), e.payload
+               FROM requests r JOIN events e USING (request_id)
+              WHERE r.state <> 'active' ORDER BY r.request_id",
+        )
+        .fetch_all(&env.db)
+        .await
+        .unwrap();
+        assert!(settled.len() > 1, "a group of settles committed before the kill: {settled:?}");
+
+        let _restarted = env.worker_process(&[]);
+        assert_exactly_once(&env, &ids).await;
+        for (id, attempts_before, payload) in &settled {
+            let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM attempts WHERE request_id = $1")
+                .bind(id)
+                .fetch_one(&env.db)
+                .await
+                .unwrap();
+            assert_eq!(attempts, *attempts_before, "{id}: settled before the kill, yet called again");
+            let events = env.events_for(id);
+            assert!(!events.is_empty(), "{id}: its event went out after the restart");
+            for event in events {
+                assert_eq!(&event.bytes, payload, "{id}: the event carries the bytes committed before the kill");
+            }
+        }
+        env.cleanup().await;
+    }
+
     /// One test per recovery point, named after it.
     macro_rules! killed_at_each_point {
         ($($test:ident => $point:ident,)+) => {$(

@@ -225,7 +225,7 @@ impl Bench {
                 "commit_delay",
             ];
             let rows: Vec<(String, String)> = sqlx::query_as(
-                "SELECT name, setting || COALESCE(unit, '') FROM pg_settings WHERE name = ANY($1) ORDER BY name",
+                "SELECT name, current_setting(name) FROM pg_settings WHERE name = ANY($1) ORDER BY name",
             )
             .bind(&names[..])
             .fetch_all(store.pool())
@@ -233,8 +233,12 @@ impl Bench {
             .unwrap_or_default();
             postgres = rows;
         }
+        // The server's INFO arrives with the connection; a flush makes sure it has been read.
         let nats_server = match bus::connect(&self.base.nats.url).await {
-            Ok(c) => c.server_info().version,
+            Ok(c) => {
+                let _ = c.flush().await;
+                Some(c.server_info().version).filter(|v| !v.is_empty()).unwrap_or_else(|| "unknown".into())
+            }
             Err(_) => "unknown".into(),
         };
         Machine { cpus, postgres, nats_server }

@@ -182,7 +182,7 @@ impl Default for NatsSettings {
             requests_stream: "ORGPROV_REQUESTS".into(),
             events_stream: "ORGPROV_EVENTS".into(),
             consumer: "orgprov-worker".into(),
-            ack_wait_secs: 60,
+            ack_wait_secs: 15,
             duplicate_window_secs: 900,
             max_ack_pending: 20_000,
         }
@@ -247,7 +247,7 @@ impl Default for WorkerSettings {
     fn default() -> Self {
         WorkerSettings {
             max_in_flight: 512,
-            lease_secs: 30,
+            lease_secs: 10,
             max_attempts: 8,
             max_inline_wait_secs: 5,
             event_source: "orgprov".into(),

@@ -10,11 +10,17 @@ use tokio_util::sync::CancellationToken;
 use crate::store::Store;
 use crate::telemetry::METRICS;
 
+/// What `prometheus_client`'s text encoder writes.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 pub async fn serve(addr: String, store: Store, shutdown: CancellationToken) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(|| async { METRICS.render() }))
+        .route(
+            "/metrics",
+            get(|| async { ([(axum::http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], METRICS.render()) }),
+        )
         .with_state(store);
     let listener = match tokio::net::TcpListener::bind(&addr).await {
         Ok(l) => l,

@@ -240,7 +240,9 @@ impl Relay {
             return;
         }
         match Store::mark_published(self.store.pool(), confirmed).await {
-            Ok(()) => METRICS.events_published.add(confirmed.len() as u64),
+            Ok(()) => {
+                METRICS.events_published.inc_by(confirmed.len() as u64);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "outbox relay: could not mark published rows; the poll publishes them again")
             }
@@ -259,7 +261,7 @@ impl Relay {
         let (done, error) = self.publish(&pending).await;
         Store::mark_published(&mut *tx, &done).await?;
         tx.commit().await?;
-        METRICS.events_published.add(done.len() as u64);
+        METRICS.events_published.inc_by(done.len() as u64);
         match error {
             Some(e) if done.is_empty() => Err(e),
             Some(e) => {

@@ -3,31 +3,19 @@
 //! Logs go to stderr (`ORGPROV_LOG` filter, `ORGPROV_LOG_FORMAT=json` for JSON lines). When
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over OTLP/HTTP with the
 //! blocking client (the async one panics on the exporter's own thread). Metrics are plain
-//! process counters rendered in the Prometheus text format by the admin endpoint.
-
-use std::sync::atomic::{AtomicU64, Ordering};
+//! counters and histograms of prometheus-client, rendered by the admin endpoint.
 
 use opentelemetry::trace::TracerProvider as _;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-#[derive(Default)]
-pub struct Counter(AtomicU64);
-
-impl Counter {
-    pub fn inc(&self) {
-        self.add(1);
-    }
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-#[derive(Default)]
+/// The process's metrics (prometheus-client). Counters count committed facts; each is exposed
+/// with the `_total` suffix.
 pub struct Metrics {
     pub messages_received: Counter,
     pub provisioned: Counter,
@@ -39,25 +27,71 @@ pub struct Metrics {
     pub naks: Counter,
     pub events_published: Counter,
     pub lease_lost: Counter,
+    /// Seconds from a request's publication (JetStream's timestamp) to its outcome committed
+    /// and its message acked.
+    pub request_seconds: Histogram,
+    /// Seconds one upstream call took, from its admission to its answer (a 401 refresh and
+    /// the resent call included).
+    pub upstream_call_seconds: Histogram,
+    registry: Registry,
 }
 
-pub static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
+pub static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::new);
 
 impl Metrics {
+    fn new() -> Metrics {
+        // 1 ms to about 65 s, doubling: a settle on an idle worker up to a long rate-limit wait.
+        let seconds = || Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        let mut m = Metrics {
+            messages_received: Counter::default(),
+            provisioned: Counter::default(),
+            failed: Counter::default(),
+            reemitted: Counter::default(),
+            content_mismatches: Counter::default(),
+            upstream_calls: Counter::default(),
+            upstream_retries: Counter::default(),
+            naks: Counter::default(),
+            events_published: Counter::default(),
+            lease_lost: Counter::default(),
+            request_seconds: seconds(),
+            upstream_call_seconds: seconds(),
+            registry: Registry::default(),
+        };
+        let counters = [
+            ("orgprov_messages_received", "request messages received", &m.messages_received),
+            ("orgprov_provisioned", "requests settled as provisioned", &m.provisioned),
+            ("orgprov_failed", "requests settled as failed (unreadable messages included)", &m.failed),
+            ("orgprov_outcomes_reemitted", "stored outcomes published again for a redelivered request", &m.reemitted),
+            ("orgprov_content_mismatches", "requests seen again with a different content", &m.content_mismatches),
+            ("orgprov_upstream_calls", "upstream create and lookup calls", &m.upstream_calls),
+            ("orgprov_upstream_retries", "upstream calls retried", &m.upstream_retries),
+            ("orgprov_naks", "messages handed back with a delay", &m.naks),
+            ("orgprov_events_published", "outcome events JetStream confirmed", &m.events_published),
+            ("orgprov_lease_lost", "claims another holder took over", &m.lease_lost),
+        ]
+        .map(|(name, help, c)| (name, help, c.clone()));
+        for (name, help, counter) in counters {
+            m.registry.register(name, help, counter);
+        }
+        m.registry.register(
+            "orgprov_request_seconds",
+            "publication (JetStream timestamp) to outcome committed and message acked",
+            m.request_seconds.clone(),
+        );
+        m.registry.register(
+            "orgprov_upstream_call_seconds",
+            "duration of one upstream call, from admission to answer",
+            m.upstream_call_seconds.clone(),
+        );
+        m
+    }
+
+    /// The metrics in the Prometheus text exposition format (OpenMetrics).
     pub fn render(&self) -> String {
-        let rows = [
-            ("orgprov_messages_received_total", &self.messages_received),
-            ("orgprov_provisioned_total", &self.provisioned),
-            ("orgprov_failed_total", &self.failed),
-            ("orgprov_outcomes_reemitted_total", &self.reemitted),
-            ("orgprov_content_mismatches_total", &self.content_mismatches),
-            ("orgprov_upstream_calls_total", &self.upstream_calls),
-            ("orgprov_upstream_retries_total", &self.upstream_retries),
-            ("orgprov_naks_total", &self.naks),
-            ("orgprov_events_published_total", &self.events_published),
-            ("orgprov_lease_lost_total", &self.lease_lost),
-        ];
-        rows.iter().map(|(name, c)| format!("# TYPE {name} counter\n{name} {}\n", c.get())).collect()
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
     }
 }
 

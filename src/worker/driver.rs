@@ -130,7 +130,7 @@ impl Worker {
                     match settle.outcome {
                         Outcome::Succeeded { .. } => METRICS.provisioned.inc(),
                         Outcome::Failed { .. } => METRICS.failed.inc(),
-                    }
+                    };
                     tracing::info!(event_type, %event_id, "settled");
                     return Disposition::Ack;
                 }
@@ -302,6 +302,7 @@ impl Run<'_> {
             }
         };
         let duration = clock.elapsed();
+        METRICS.upstream_call_seconds.observe(duration.as_secs_f64());
         let record = decision.book.record.map(|outcome| AttemptRecord {
             call: kind,
             started_at,

@@ -376,7 +376,12 @@ impl Worker {
                 self.provision(request, &abandon).instrument(span).await
             }
         };
+        let settled = matches!(disposition, Disposition::Ack);
         dispose(&message, disposition).await;
+        if settled && let Ok(info) = message.info() {
+            let waited = time::OffsetDateTime::now_utc() - info.published;
+            METRICS.request_seconds.observe(waited.as_seconds_f64().max(0.0));
+        }
         drop(permit);
     }
 

@@ -10,6 +10,7 @@ mod crash_points;
 mod deploy;
 mod helpers;
 mod layout;
+mod metrics;
 mod mixed;
 mod pipeline;
 mod plan;

@@ -14,7 +14,10 @@
 //!   latency; rate from the first outcome to the last, and as a ratio of the lower ceiling;
 //! - **latency**: publish → outcome event at an offered rate, p50/p99/max;
 //! - **memory**: a large backlog drained by one worker: its peak RSS, and the drain rate of
-//!   the first and the last tenth.
+//!   the first and the last tenth;
+//! - **crash-loop** (only when asked for, it takes minutes): three workers share a rate limit
+//!   while one of them is SIGKILLed and restarted every few seconds; throughput as a share of
+//!   the allowance, and how long requests waited once the kills stopped.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -47,6 +50,8 @@ pub enum Part {
     Drain,
     Latency,
     Memory,
+    #[value(name = "crash-loop")]
+    CrashLoop,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -75,6 +80,12 @@ pub struct BenchArgs {
     /// Messages (JetStream) and requests (Postgres) of each ceiling run.
     #[arg(long, default_value_t = 20_000)]
     pub ceiling_count: usize,
+    /// Seconds of kills in the crash-loop run (asked for with `--only crash-loop`).
+    #[arg(long, default_value_t = 300)]
+    pub crash_loop_secs: u64,
+    /// The rate limit (calls per second) the three workers of the crash-loop run share.
+    #[arg(long, default_value_t = 20.0)]
+    pub crash_loop_rate: f64,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -88,6 +99,27 @@ struct Report {
     drains: Vec<Drain>,
     latencies: Vec<Latency>,
     memory: Option<Drain>,
+    crash_loop: Option<CrashLoop>,
+}
+
+#[derive(Debug, Serialize)]
+struct CrashLoop {
+    allowance_per_sec: f64,
+    kill_every_secs: u64,
+    kills: usize,
+    seconds: f64,
+    requests: usize,
+    /// Outcomes per second while the kills went on.
+    per_sec_during_kills: f64,
+    /// The longest time from a request's publication to its outcome, of those published
+    /// while the kills went on.
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    /// From the last kill to the last outcome.
+    settled_after_kills_secs: f64,
+    creates: usize,
+    lookups: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -168,6 +200,11 @@ pub async fn run(settings: Settings, args: BenchArgs) -> anyhow::Result<ExitCode
     if wants(Part::Memory) {
         report.memory = Some(bench.drain(args.memory_backlog, 1, 0).await?);
     }
+    // Minutes long, so only when named.
+    if args.only.contains(&Part::CrashLoop) {
+        let length = Duration::from_secs(args.crash_loop_secs);
+        report.crash_loop = Some(bench.crash_loop(args.crash_loop_rate, length).await?);
+    }
     bench.sim.shutdown().await;
     print_table(&report);
     if let Some(path) = &args.json {
@@ -246,6 +283,11 @@ impl Bench {
 
     /// Fresh streams, subjects, consumer and database, and the worker config for them.
     fn scenario(&self, upstream_latency_ms: u64) -> anyhow::Result<Scenario> {
+        self.limited_scenario(upstream_latency_ms, 1_000_000.0, 100_000)
+    }
+
+    /// A scenario whose target allows `per_second` calls with `burst`.
+    fn limited_scenario(&self, upstream_latency_ms: u64, per_second: f64, burst: u32) -> anyhow::Result<Scenario> {
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let mut settings = self.base.clone();
         let n = &mut settings.nats;
@@ -262,7 +304,7 @@ impl Bench {
              events_stream = {events:?}\nconsumer = {consumer:?}\n\
              [postgres]\nurl = {pg:?}\n\
              [targets.{TARGET}]\nprovider = \"auth0\"\nbase_url = {base:?}\nclient_id = \"orgprov-sim\"\n\
-             client_secret_env = {SECRET_VAR:?}\nrate_limit = {{ per_second = 1000000.0, burst = 100000 }}\n",
+             client_secret_env = {SECRET_VAR:?}\nrate_limit = {{ per_second = {per_second:?}, burst = {burst} }}\n",
             templates = self.dir.join("templates").display().to_string(),
             nats = settings.nats.url,
             prefix = settings.nats.subject_prefix,
@@ -488,6 +530,108 @@ impl Bench {
     }
 
     /// Create and lookup calls the simulator has answered so far.
+    /// Offers `rate` requests per second to three workers sharing a `rate` calls/s limit, and
+    /// SIGKILLs one of them every 3 s for `length` (restarting it at once, as an orchestrator
+    /// would); then waits for every outcome.
+    async fn crash_loop(&self, rate: f64, length: Duration) -> anyhow::Result<CrashLoop> {
+        const KILL_EVERY: Duration = Duration::from_secs(3);
+        let burst = (rate.ceil() as u32).max(1);
+        let s = self.limited_scenario(0, rate, burst)?;
+        progress(&format!(
+            "crash loop: 3 workers share {rate} calls/s; one SIGKILLed every {}s for {length:?}, {rate} requests/s offered",
+            KILL_EVERY.as_secs()
+        ));
+        let client = bus::connect(&s.settings.nats.url).await?;
+        let js = bus::context(client.clone());
+        bus::ensure_topology(&js, &s.settings.nats).await?;
+        migrate(&s.settings).await?;
+        let mut outcomes = Outcomes::subscribe(&js, &s.settings.nats).await?;
+        let mut children = (0..3).map(|_| self.spawn_worker(&s)).collect::<anyhow::Result<Vec<_>>>()?;
+        let subject = s.settings.nats.requests_subject();
+        let before = self.upstream_calls();
+
+        let count = (rate * length.as_secs_f64()).round().max(1.0) as usize;
+        let mut sent_at: HashMap<String, Instant> = HashMap::with_capacity(count);
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let started = Instant::now();
+        let mut next_kill = started + KILL_EVERY;
+        let mut kills = 0;
+        let mut acks = tokio::task::JoinSet::new();
+        for i in 0..count {
+            tick.tick().await;
+            if Instant::now() >= next_kill {
+                let victim = kills % children.len();
+                let _ = children[victim].kill();
+                let _ = children[victim].wait();
+                children[victim] = self.spawn_worker(&s)?;
+                kills += 1;
+                next_kill += KILL_EVERY;
+                if kills % 10 == 0 {
+                    progress(&format!("  {kills} kills, {i}/{count} published, {} outcomes", outcomes.seen.len()));
+                }
+            }
+            let (id, payload) = request(&s.settings, "crash", i);
+            let message = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(&id);
+            sent_at.insert(id, Instant::now());
+            let ack = js.send_publish(subject.clone(), message).await?;
+            acks.spawn(ack.into_future());
+        }
+        let kills_stopped = Instant::now();
+        while let Some(ack) = acks.join_next().await {
+            ack??;
+        }
+        let mut arrivals: Vec<(Duration, Instant)> = Vec::with_capacity(count);
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let result = async {
+            while arrivals.len() < count {
+                if let Some((id, at)) = outcomes.next_new(deadline).await?
+                    && let Some(t) = sent_at.get(&id)
+                {
+                    arrivals.push((at.saturating_duration_since(*t), at));
+                }
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        let (creates, lookups) = self.upstream_calls_since(before);
+        stop_workers(&mut children);
+        remove_streams(&js, &s.settings.nats).await;
+        drop_database(&s.settings.postgres.url).await;
+        result.map_err(|e| {
+            anyhow::anyhow!("{e}; {} of {count} outcomes; worker log: {}", arrivals.len(), s.log.display())
+        })?;
+
+        let during = arrivals.iter().filter(|(_, at)| *at <= kills_stopped).count();
+        let last = arrivals.iter().map(|(_, at)| *at).max().unwrap_or(kills_stopped);
+        let mut latencies: Vec<Duration> = arrivals.iter().map(|(l, _)| *l).collect();
+        latencies.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let pick = |p: f64| ms(latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]);
+        let seconds = kills_stopped.saturating_duration_since(started).as_secs_f64();
+        let result = CrashLoop {
+            allowance_per_sec: rate,
+            kill_every_secs: KILL_EVERY.as_secs(),
+            kills,
+            seconds,
+            requests: count,
+            per_sec_during_kills: during as f64 / seconds,
+            p50_ms: pick(0.50),
+            p99_ms: pick(0.99),
+            max_ms: ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+            settled_after_kills_secs: last.saturating_duration_since(kills_stopped).as_secs_f64(),
+            creates,
+            lookups,
+        };
+        progress(&format!(
+            "  {:.1} outcomes/s during the kills ({:.0} % of the allowance), p99 {:.0} ms, all settled {:.1} s after the last kill",
+            result.per_sec_during_kills,
+            100.0 * result.per_sec_during_kills / rate,
+            result.p99_ms,
+            result.settled_after_kills_secs
+        ));
+        Ok(result)
+    }
+
     fn upstream_calls(&self) -> (usize, usize) {
         let requests = self.sim.requests();
         let creates = requests.iter().filter(|r| r.method == "POST" && r.path.ends_with("/organizations")).count();
@@ -752,6 +896,18 @@ fn print_table(r: &Report) {
             m.first_tenth_per_sec,
             m.last_tenth_per_sec,
             ratio(m.per_sec)
+        );
+    }
+    if let Some(c) = &r.crash_loop {
+        let label = format!(
+            "crash loop: 3 workers, {}/s allowed, {} SIGKILLs in {:.0} s",
+            c.allowance_per_sec, c.kills, c.seconds
+        );
+        let share = 100.0 * c.per_sec_during_kills / c.allowance_per_sec;
+        println!("{label:<58} {:>10.1}/s ({share:.0} % of the allowance)", c.per_sec_during_kills);
+        println!(
+            "  publish → outcome p50 / p99 / max {:.0} / {:.0} / {:.0} ms; all settled {:.1} s after the last kill; {} creates, {} lookups for {} requests",
+            c.p50_ms, c.p99_ms, c.max_ms, c.settled_after_kills_secs, c.creates, c.lookups, c.requests
         );
     }
 }

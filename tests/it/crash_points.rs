@@ -12,11 +12,12 @@ mod points {
     use crate::helpers::TestEnv;
     use crate::reliability::assert_exactly_once;
 
-    async fn killed_at(point: CrashPoint) {
-        // Latency keeps a create on the wire long enough for `during_call`.
-        let faults = Faults { latency_ms: 300, ..Faults::default() };
+    /// Starts a worker that SIGKILLs itself at `point`, publishes `n` requests to it (creates
+    /// answer after `latency_ms`) and waits for the kill; the environment and the request ids.
+    async fn crashed_at(point: CrashPoint, n: usize, latency_ms: u64) -> (TestEnv, Vec<String>) {
+        let faults = Faults { latency_ms, ..Faults::default() };
         let env = TestEnv::with_simulator(SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
-        let ids: Vec<String> = (0..5).map(|i| env.id(i)).collect();
+        let ids: Vec<String> = (0..n).map(|i| env.id(i)).collect();
         let mut worker = env.worker_process(&[("ORGPROV_FAULT_CRASH_AT", point.name())]);
         for (i, id) in ids.iter().enumerate() {
             env.publish_json(&env.request(id, &env.name(i)), Some(id)).await;
@@ -24,6 +25,12 @@ mod points {
         let status = worker.wait_exit(60).await;
         assert!(status.is_some(), "the worker never reached {}; log:\n{}", point.name(), env.worker_log());
         assert!(env.worker_log().contains(&format!("SIGKILL at {}", point.name())));
+        (env, ids)
+    }
+
+    async fn killed_at(point: CrashPoint) {
+        // Latency keeps a create on the wire long enough for `during_call`.
+        let (env, ids) = crashed_at(point, 5, 300).await;
         let _restarted = env.worker_process(&[]);
         assert_exactly_once(&env, &ids).await;
         env.cleanup().await;
@@ -35,17 +42,7 @@ mod points {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn killed_between_a_group_commit_and_the_acks_then_restarted() {
         // All creates answer after the same delay, so their settles reach the writers together.
-        let faults = Faults { latency_ms: 200, ..Faults::default() };
-        let env = TestEnv::with_simulator(SimulatorConfig { faults, ..SimulatorConfig::default() }).await;
-        let ids: Vec<String> = (0..20).map(|i| env.id(i)).collect();
-        let point = CrashPoint::AfterGroupCommit;
-        let mut worker = env.worker_process(&[("ORGPROV_FAULT_CRASH_AT", point.name())]);
-        for (i, id) in ids.iter().enumerate() {
-            env.publish_json(&env.request(id, &env.name(i)), Some(id)).await;
-        }
-        let status = worker.wait_exit(60).await;
-        assert!(status.is_some(), "the worker never reached {}; log:\n{}", point.name(), env.worker_log());
-        assert!(env.worker_log().contains(&format!("SIGKILL at {}", point.name())));
+        let (env, ids) = crashed_at(CrashPoint::AfterGroupCommit, 20, 200).await;
 
         // What the group committed: settled requests, their attempts and their event bytes.
         let settled: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(

@@ -803,7 +803,9 @@ mod tests {
         assert!(err("[nats]\nduplicate_window_secs = 60\n", &[]).contains("`nats.duplicate_window_secs`"));
         assert!(err("[worker]\ncolour = 1\n", &[]).contains("`worker.colour`"));
         assert!(err("[postgres]\nmax_connections = 1\n", &[]).contains("`postgres.max_connections`"));
-        assert!(err("[postgres]\nmax_connections = 4\nmin_connections = 5\n", &[]).contains("`postgres.min_connections`"));
+        assert!(
+            err("[postgres]\nmax_connections = 4\nmin_connections = 5\n", &[]).contains("`postgres.min_connections`")
+        );
         assert!(err("[worker]\nmax_inline_wait_secs = 30\n", &[]).contains("`worker.max_inline_wait_secs`"));
         assert!(err("targets = 1\n", &[]).contains("`targets`"));
         assert!(err("[targets]\nacme = 1\n", &[]).contains("`targets.acme`"));

@@ -185,7 +185,10 @@ impl Store {
     /// The worker's pool: `postgres.max_connections` at most, and `postgres.min_connections`
     /// kept open from the start, so the first burst after start-up or a quiet spell does not
     /// wait for connections to be opened (and their statements prepared).
-    pub async fn connect_worker(settings: &crate::config::PostgresSettings, naming: EventNaming) -> anyhow::Result<Store> {
+    pub async fn connect_worker(
+        settings: &crate::config::PostgresSettings,
+        naming: EventNaming,
+    ) -> anyhow::Result<Store> {
         Store::open(&settings.url, settings.max_connections, settings.min_connections, naming).await
     }
 

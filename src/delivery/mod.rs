@@ -27,15 +27,31 @@ pub struct Response {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: bytes::Bytes,
+    /// The delay the headers name, read once when the response arrives ([`named_delay`]).
+    retry_after: Option<Duration>,
 }
 
 impl Response {
+    /// A response; the delay its headers name is read here, once, and a header naming an
+    /// unusable delay is logged here, once.
+    pub fn new(status: u16, headers: HeaderMap, body: bytes::Bytes) -> Response {
+        let retry_after = match named_delay(&headers, SystemTime::now()) {
+            Ok(delay) => delay,
+            Err(Unusable { header, value, why }) => {
+                tracing::warn!(status, header, value, why, "upstream named an unusable delay; ignoring it");
+                None
+            }
+        };
+        Response { status, headers, body, retry_after }
+    }
+
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }
-    /// The upstream's delay request, if this response carries one.
+
+    /// The upstream's delay request, if this response carries a usable one.
     pub fn retry_after(&self) -> Option<Duration> {
-        retry_after(&self.headers, SystemTime::now())
+        self.retry_after
     }
 }
 
@@ -151,7 +167,7 @@ impl Delivery {
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response.bytes().await.map_err(|e| SendError::MaybeSent(format!("reading the body: {e}")))?;
-        Ok(Response { status, headers, body })
+        Ok(Response::new(status, headers, body))
     }
 }
 
@@ -215,29 +231,93 @@ impl RetryPolicy {
     }
 }
 
+/// The longest delay an upstream can name and be believed. No provider asks for more (their
+/// rate-limit windows are seconds to minutes); a longer one is a broken or hostile header, and
+/// obeying it would pause the target for every replica (a year, for `Retry-After: 31536000`).
+pub const MAX_NAMED_DELAY: Duration = Duration::from_secs(86_400);
+
+/// How many bytes of an unusable header value a log line quotes.
+const QUOTED_VALUE: usize = 64;
+
+/// A header that names a delay we cannot use: not a number or date, or a delay past
+/// [`MAX_NAMED_DELAY`] (including values no clock can represent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unusable {
+    pub header: &'static str,
+    /// The first [`QUOTED_VALUE`] bytes of the value, as text.
+    pub value: String,
+    pub why: &'static str,
+}
+
+/// The delay an upstream asked for, without the logging: see [`named_delay`].
+pub fn retry_after(headers: &HeaderMap, local_now: SystemTime) -> Option<Duration> {
+    named_delay(headers, local_now).ok().flatten()
+}
+
 /// The delay an upstream asked for: `Retry-After` (delta seconds or HTTP date), else Auth0's
 /// `x-ratelimit-reset` (epoch seconds). Dates are read against the response's `Date` header
-/// (server time), falling back to `local_now` when it is absent; results are rounded up to a
-/// whole second.
-pub fn retry_after(headers: &HeaderMap, local_now: SystemTime) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let server_now = header("date").and_then(|d| httpdate::parse_http_date(d).ok()).unwrap_or(local_now);
-    let until = |t: SystemTime| {
-        let d = t.duration_since(server_now).unwrap_or_default();
-        round_up(d)
+/// (server time), falling back to `local_now` when it is absent or unreadable; results are
+/// rounded up to a whole second.
+///
+/// Total over any header values: `Ok(None)` when no header names a delay, `Err` when one does
+/// but none names a usable one (malformed, or longer than [`MAX_NAMED_DELAY`]). Either way the
+/// caller goes on as if no delay were named (its own backoff schedule).
+pub fn named_delay(headers: &HeaderMap, local_now: SystemTime) -> Result<Option<Duration>, Unusable> {
+    let text = |name: &'static str| {
+        headers.get(name).map(|v| match v.to_str() {
+            Ok(t) => Ok(t.trim()),
+            Err(_) => Err(unusable(name, &String::from_utf8_lossy(v.as_bytes()), "not visible ASCII")),
+        })
     };
-    if let Some(v) = header("retry-after") {
-        if let Ok(secs) = v.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
-        }
-        if let Ok(date) = httpdate::parse_http_date(v) {
-            return Some(until(date));
+    let server_now = match text("date") {
+        Some(Ok(d)) => httpdate::parse_http_date(d).unwrap_or(local_now),
+        _ => local_now,
+    };
+    let until = |t: SystemTime| round_up(t.duration_since(server_now).unwrap_or_default());
+    let mut first_unusable = None;
+    if let Some(value) = text("retry-after") {
+        let read = value.and_then(|v| {
+            let delay = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                // Digits only, so the one failure is a number past u64.
+                Duration::from_secs(v.parse::<u64>().map_err(|_| unusable("retry-after", v, "too large"))?)
+            } else {
+                let date = httpdate::parse_http_date(v)
+                    .map_err(|_| unusable("retry-after", v, "neither delta seconds nor an HTTP date"))?;
+                until(date)
+            };
+            believable("retry-after", v, delay)
+        });
+        match read {
+            Ok(d) => return Ok(Some(d)),
+            Err(e) => first_unusable = Some(e),
         }
     }
-    if let Some(reset) = header("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok()) {
-        return Some(until(UNIX_EPOCH + Duration::from_secs(reset)));
+    if let Some(value) = text("x-ratelimit-reset") {
+        let read = value.and_then(|v| {
+            let secs = v.parse::<u64>().map_err(|_| unusable("x-ratelimit-reset", v, "not epoch seconds"))?;
+            let at = UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .ok_or_else(|| unusable("x-ratelimit-reset", v, "past any representable time"))?;
+            believable("x-ratelimit-reset", v, until(at))
+        });
+        match read {
+            Ok(d) => return Ok(Some(d)),
+            Err(e) => first_unusable = first_unusable.or(Some(e)),
+        }
     }
-    None
+    first_unusable.map_or(Ok(None), Err)
+}
+
+fn believable(header: &'static str, value: &str, delay: Duration) -> Result<Duration, Unusable> {
+    if delay > MAX_NAMED_DELAY { Err(unusable(header, value, "longer than a day")) } else { Ok(delay) }
+}
+
+fn unusable(header: &'static str, value: &str, why: &'static str) -> Unusable {
+    let mut end = value.len().min(QUOTED_VALUE);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    Unusable { header, value: value[..end].to_owned(), why }
 }
 
 fn round_up(d: Duration) -> Duration {
@@ -275,6 +355,87 @@ mod tests {
             Some(Duration::from_secs(5))
         );
         assert_eq!(retry_after(&headers(&[]), local), None);
+    }
+
+    #[test]
+    fn absurd_or_malformed_delays_are_ignored_never_obeyed_and_never_panic() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let unusable = |pairs: &[(&'static str, String)]| named_delay(&headers(pairs), now).unwrap_err();
+        // Past i64::MAX seconds: `UNIX_EPOCH + from_secs(reset)` used to panic the task.
+        let e = unusable(&[("x-ratelimit-reset", u64::MAX.to_string())]);
+        assert_eq!((e.header, e.why), ("x-ratelimit-reset", "past any representable time"));
+        // A year's pause for every replica.
+        assert_eq!(unusable(&[("retry-after", "31536000".into())]).why, "longer than a day");
+        assert_eq!(unusable(&[("retry-after", "9".repeat(40))]).why, "too large");
+        assert_eq!(unusable(&[("retry-after", "-5".into())]).header, "retry-after");
+        assert_eq!(unusable(&[("retry-after", "1.5".into())]).header, "retry-after");
+        assert_eq!(unusable(&[("x-ratelimit-reset", "soon".into())]).why, "not epoch seconds");
+        // A server clock decades behind makes a reset "now" decades away.
+        let ancient = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(86_400));
+        let reset = 1_800_000_000u64.to_string();
+        assert_eq!(unusable(&[("date", ancient), ("x-ratelimit-reset", reset.clone())]).why, "longer than a day");
+        // A bad Retry-After does not hide a good reset; the limit itself is believed.
+        let date = httpdate::fmt_http_date(now);
+        let fine = [("date", date), ("retry-after", "later".into()), ("x-ratelimit-reset", reset)];
+        assert_eq!(named_delay(&headers(&fine), now), Ok(Some(Duration::ZERO)));
+        let day = MAX_NAMED_DELAY.as_secs().to_string();
+        assert_eq!(named_delay(&headers(&[("retry-after", day)]), now), Ok(Some(MAX_NAMED_DELAY)));
+        // Quoted values in the log are bounded.
+        assert_eq!(unusable(&[("retry-after", "x".repeat(5000))]).value.len(), QUOTED_VALUE);
+        // The response reads them once, as no delay at all.
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("18446744073709551615"));
+        h.insert("retry-after", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        assert_eq!(Response::new(429, h, bytes::Bytes::new()).retry_after(), None);
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Header values as a hostile upstream could send them: any bytes a header value may
+        /// hold (no control bytes besides tab), and numbers of every size.
+        fn value() -> impl Strategy<Value = HeaderValue> {
+            let bytes = proptest::collection::vec(any::<u8>(), 0..48)
+                .prop_map(|b| b.into_iter().filter(|c| *c == b'\t' || (*c >= 0x20 && *c != 0x7f)).collect::<Vec<_>>());
+            let text = any::<String>().prop_map(|s| s.into_bytes());
+            let number = any::<u64>().prop_map(|n| n.to_string().into_bytes());
+            let date = (0u64..253_402_300_799)
+                .prop_map(|s| httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(s)).into_bytes());
+            prop_oneof![bytes, text, number, date]
+                .prop_filter_map("a valid header value", |b| HeaderValue::from_bytes(&b).ok())
+        }
+
+        proptest! {
+            #[test]
+            fn every_header_combination_gives_a_bounded_delay_or_none(
+                date in proptest::option::of(value()),
+                retry in proptest::option::of(value()),
+                reset in proptest::option::of(value()),
+                local in 0u64..253_402_300_799,
+            ) {
+                let mut h = HeaderMap::new();
+                for (name, v) in [("date", date), ("retry-after", retry), ("x-ratelimit-reset", reset)] {
+                    if let Some(v) = v {
+                        h.insert(name, v);
+                    }
+                }
+                let now = UNIX_EPOCH + Duration::from_secs(local);
+                if let Ok(Some(d)) = named_delay(&h, now) {
+                    prop_assert!(d <= MAX_NAMED_DELAY);
+                    // What the worker does with it may not overflow either.
+                    let _ = std::time::Instant::now() + d;
+                }
+                let response = Response::new(429, h, bytes::Bytes::new());
+                prop_assert!(response.retry_after().is_none_or(|d| d <= MAX_NAMED_DELAY));
+            }
+
+            #[test]
+            fn delta_seconds_are_obeyed_up_to_a_day(secs in any::<u64>()) {
+                let got = retry_after(&headers(&[("retry-after", secs.to_string())]), SystemTime::now());
+                prop_assert_eq!(got, (secs <= MAX_NAMED_DELAY.as_secs()).then(|| Duration::from_secs(secs)));
+            }
+        }
     }
 
     #[test]

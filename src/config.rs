@@ -345,6 +345,9 @@ pub struct TargetSettings<P> {
     pub timeout_ms: u64,
     /// Requests of this target in work at once in one worker; default 256.
     pub max_in_flight: usize,
+    /// The most bytes of one answer's body that are read; a larger answer is not read and
+    /// counts as unparseable. Default 1 MiB.
+    pub max_response_bytes: usize,
     pub rate_limit: RateLimitSettings,
     pub retry: RetrySettings,
 }
@@ -359,6 +362,7 @@ impl<P: Default> Default for TargetSettings<P> {
             client_secret_file: None,
             timeout_ms: 10_000,
             max_in_flight: 256,
+            max_response_bytes: 1 << 20,
             rate_limit: RateLimitSettings::default(),
             retry: RetrySettings::default(),
         }
@@ -390,6 +394,7 @@ impl TargetSettings<()> {
             client_secret_file: self.client_secret_file,
             timeout_ms: self.timeout_ms,
             max_in_flight: self.max_in_flight,
+            max_response_bytes: self.max_response_bytes,
             rate_limit: self.rate_limit,
             retry: self.retry,
         }
@@ -463,6 +468,9 @@ impl<P: ProviderPart> TargetSettings<P> {
         if self.max_in_flight == 0 {
             return Err(key_error(key("max_in_flight"), "must be at least 1"));
         }
+        if !(1024..=1 << 30).contains(&self.max_response_bytes) {
+            return Err(key_error(key("max_response_bytes"), "must be between 1024 and 1073741824"));
+        }
         if self.retry.max_attempts == Some(0) {
             return Err(key_error(key("retry.max_attempts"), "must be at least 1"));
         }
@@ -512,6 +520,7 @@ impl<P: Clone> TargetSettings<P> {
             client_secret: secret,
             timeout: Duration::from_millis(self.timeout_ms),
             max_in_flight: self.max_in_flight,
+            max_response_bytes: self.max_response_bytes,
             rate_limit: self.rate_limit,
             retry: self.retry,
         })
@@ -560,6 +569,7 @@ pub struct Target<P> {
     pub client_secret: SecretString,
     pub timeout: Duration,
     pub max_in_flight: usize,
+    pub max_response_bytes: usize,
     pub rate_limit: RateLimitSettings,
     pub retry: RetrySettings,
 }
@@ -814,6 +824,7 @@ mod tests {
                 .contains("`targets.acme.rate_limit.burst`")
         );
         assert!(err(&format!("{TARGET}timeout_ms = \"soon\"\n"), &[]).contains("`targets.acme.timeout_ms`"));
+        assert!(err(&format!("{TARGET}max_response_bytes = 10\n"), &[]).contains("`targets.acme.max_response_bytes`"));
         assert!(err(&TARGET.replace("https:", "ftp:"), &[]).contains("`targets.acme.base_url`"));
         assert!(err(&TARGET.replace("base_url", "# base_url"), &[]).contains("`targets.acme.base_url`: missing"));
         assert!(err("", &[("ORGPROV_POSTGRES__URL", "mysql://x")]).contains("`postgres.url`"));
@@ -858,7 +869,8 @@ mod tests {
         let t = TargetSettings::<Part>::new("tenanted", "https://x.example", "id", "VAR");
         assert_eq!(t.provider, Part::Tenanted(Tenanted::default()));
         assert_eq!((t.timeout_ms, t.max_in_flight, t.client_secret_file), (10_000, 256, None));
-        assert_eq!(TargetSettings::keys().len(), 8);
+        assert_eq!(t.max_response_bytes, 1 << 20);
+        assert_eq!(TargetSettings::keys().len(), 9);
     }
 
     #[test]

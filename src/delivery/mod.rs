@@ -21,7 +21,8 @@ pub use admission::{Admission, LEASE_VALIDITY, Lease, Queued, SlotSource, Unlimi
 
 use crate::config::{RetrySettings, Target};
 
-/// A response read whole (bodies of these APIs are small).
+/// A response read whole, up to the target's `max_response_bytes` (bodies of these APIs are
+/// small; a larger one is [`SendError::TooLarge`] and is not kept).
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
@@ -35,13 +36,7 @@ impl Response {
     /// A response; the delay its headers name is read here, once, and a header naming an
     /// unusable delay is logged here, once.
     pub fn new(status: u16, headers: HeaderMap, body: bytes::Bytes) -> Response {
-        let retry_after = match named_delay(&headers, SystemTime::now()) {
-            Ok(delay) => delay,
-            Err(Unusable { header, value, why }) => {
-                tracing::warn!(status, header, value, why, "upstream named an unusable delay; ignoring it");
-                None
-            }
-        };
+        let retry_after = read_delay(status, &headers);
         Response { status, headers, body, retry_after }
     }
 
@@ -55,7 +50,18 @@ impl Response {
     }
 }
 
-/// A call that got no HTTP response.
+/// The delay `headers` name ([`named_delay`]), an unusable one logged and ignored.
+fn read_delay(status: u16, headers: &HeaderMap) -> Option<Duration> {
+    match named_delay(headers, SystemTime::now()) {
+        Ok(delay) => delay,
+        Err(Unusable { header, value, why }) => {
+            tracing::warn!(status, header, value, why, "upstream named an unusable delay; ignoring it");
+            None
+        }
+    }
+}
+
+/// A call that got no usable HTTP response.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The connection was never made: the upstream cannot have seen the request.
@@ -68,6 +74,11 @@ pub enum SendError {
     /// nothing was sent.
     #[error("target is throttled for {0:?}")]
     Throttled(Duration),
+    /// The upstream answered with a body larger than the target's `max_response_bytes`: not
+    /// read past the cap, and as unusable as an unparseable answer. The delay the headers
+    /// named, if any, is kept.
+    #[error("answered {status} with a body over the {cap}-byte cap (max_response_bytes); not read")]
+    TooLarge { status: u16, cap: usize, retry_after: Option<Duration> },
 }
 
 /// HTTP client for one target: admission, pauses and timeouts live here.
@@ -76,6 +87,8 @@ pub struct Delivery {
     admission: Arc<Admission>,
     /// Longer admission waits are handed back to the caller as [`SendError::Throttled`].
     max_wait: Duration,
+    /// The target's `max_response_bytes`.
+    max_body: usize,
     pub retry: RetryPolicy,
 }
 
@@ -102,7 +115,8 @@ impl Delivery {
             .user_agent(concat!("orgprov/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let admission = Arc::new(Admission::new(slots));
-        Ok(Delivery { client, admission, max_wait, retry: RetryPolicy::from(target.retry) })
+        let max_body = target.max_response_bytes;
+        Ok(Delivery { client, admission, max_wait, max_body, retry: RetryPolicy::from(target.retry) })
     }
 
     /// A delivery without any rate limit, for unit tests of provider code.
@@ -153,21 +167,46 @@ impl Delivery {
 
     /// Sends a counted call that holds its slot. A 429 pauses the target for every replica.
     pub async fn send_admitted(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
-        let response = self.send_unlimited(request).await?;
-        if response.status == 429 {
-            let wait = response.retry_after().unwrap_or(Duration::from_secs(1));
-            self.admission.pause(wait).await;
+        let answer = self.send_unlimited(request).await;
+        let paused = match &answer {
+            Ok(response) if response.status == 429 => Some(response.retry_after()),
+            Err(SendError::TooLarge { status: 429, retry_after, .. }) => Some(*retry_after),
+            _ => None,
+        };
+        if let Some(wait) = paused {
+            self.admission.pause(wait.unwrap_or(Duration::from_secs(1))).await;
         }
-        Ok(response)
+        answer
     }
 
     /// Sends a call that does not count toward the management rate limit (token requests).
+    /// The body is read in chunks up to the target's `max_response_bytes`: an answer that
+    /// announces (`Content-Length`) or sends more is dropped at the cap, so a hostile
+    /// upstream cannot make the worker hold more than that per call.
     pub async fn send_unlimited(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
-        let response = request.send().await.map_err(classify)?;
+        let mut response = request.send().await.map_err(classify)?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| SendError::MaybeSent(format!("reading the body: {e}")))?;
-        Ok(Response::new(status, headers, body))
+        let too_large = |headers: &HeaderMap| SendError::TooLarge {
+            status,
+            cap: self.max_body,
+            retry_after: read_delay(status, headers),
+        };
+        if response.content_length().is_some_and(|n| n > self.max_body as u64) {
+            return Err(too_large(&headers));
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| SendError::MaybeSent(format!("reading the body: {}", error_chain(&e.without_url()))))?
+        {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(too_large(&headers));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Response::new(status, headers, body.freeze()))
     }
 }
 
@@ -387,6 +426,66 @@ mod tests {
         h.insert("x-ratelimit-reset", HeaderValue::from_static("18446744073709551615"));
         h.insert("retry-after", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
         assert_eq!(Response::new(429, h, bytes::Bytes::new()).retry_after(), None);
+    }
+
+    /// A one-answer HTTP server that writes `head` and then `body_len` bytes in 64 KiB
+    /// chunks (chunked encoding unless `head` says otherwise), as a hostile upstream would.
+    async fn upstream(head: &'static str, body_len: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/orgs", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let _ = socket.read(&mut [0u8; 4096]).await;
+            let _ = socket.write_all(head.as_bytes()).await;
+            let chunked = !head.contains("Content-Length");
+            let mut left = body_len;
+            while left > 0 {
+                let n = left.min(64 << 10);
+                let chunk = vec![b'x'; n];
+                let framed =
+                    if chunked { [format!("{n:x}\r\n").into_bytes(), chunk, b"\r\n".to_vec()].concat() } else { chunk };
+                if socket.write_all(&framed).await.is_err() {
+                    return; // the client stopped reading at its cap
+                }
+                left -= n;
+            }
+            if chunked {
+                let _ = socket.write_all(b"0\r\n\r\n").await;
+            }
+        });
+        url
+    }
+
+    fn capped_delivery(cap: usize) -> Delivery {
+        let mut target = crate::config::Target::for_tests(());
+        target.timeout = Duration::from_secs(5);
+        target.max_response_bytes = cap;
+        Delivery::new(&target, Arc::new(Unlimited), Duration::from_secs(1)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_cap_is_not_read_and_the_error_names_the_cap() {
+        let delivery = capped_delivery(1 << 20);
+        // 64 MiB sent chunked: reading stops at the cap.
+        let url = upstream("HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n", 64 << 20).await;
+        let e = delivery.send_unlimited(delivery.client().post(&url)).await.unwrap_err();
+        assert!(matches!(e, SendError::TooLarge { status: 503, cap: 1_048_576, .. }), "{e:?}");
+        assert_eq!(e.to_string(), "answered 503 with a body over the 1048576-byte cap (max_response_bytes); not read");
+        // A Content-Length past the cap is refused before any of the body is read (this
+        // server never sends it).
+        let head = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 67108864\r\n\r\n";
+        let url = upstream(head, 0).await;
+        let e = tokio::time::timeout(Duration::from_secs(2), delivery.send_unlimited(delivery.client().get(&url)))
+            .await
+            .expect("refused without waiting for the body")
+            .unwrap_err();
+        let SendError::TooLarge { status: 429, retry_after, .. } = e else { panic!("{e:?}") };
+        assert_eq!(retry_after, Some(Duration::from_secs(7)), "the named delay is kept");
+        // Up to the cap is read whole.
+        let url = upstream("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 1 << 20).await;
+        let ok = delivery.send_unlimited(delivery.client().get(&url)).await.unwrap();
+        assert_eq!((ok.status, ok.body.len()), (200, 1 << 20));
     }
 
     mod properties {

@@ -210,10 +210,17 @@ impl Delivery {
     }
 }
 
+/// A failed call as a [`SendError`]. Its text goes into `attempts.error` and the public
+/// `org.failed`, so it never names the URL (an internal host, a path with ids, credentials in
+/// a query): the host and path are logged here, and only here.
 fn classify(e: reqwest::Error) -> SendError {
+    if let Some(url) = e.url() {
+        tracing::warn!(host = url.host_str().unwrap_or_default(), path = url.path(), "upstream call failed");
+    }
     // Only a failed connect proves the upstream never saw the request.
-    let text = error_chain(&e);
-    if e.is_connect() && !e.is_timeout() { SendError::NotSent(text) } else { SendError::MaybeSent(text) }
+    let never_sent = e.is_connect() && !e.is_timeout();
+    let text = error_chain(&e.without_url());
+    if never_sent { SendError::NotSent(text) } else { SendError::MaybeSent(text) }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -486,6 +493,19 @@ mod tests {
         let url = upstream("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 1 << 20).await;
         let ok = delivery.send_unlimited(delivery.client().get(&url)).await.unwrap();
         assert_eq!((ok.status, ok.body.len()), (200, 1 << 20));
+    }
+
+    #[tokio::test]
+    async fn transport_errors_do_not_name_the_url() {
+        // Nothing listens on port 9 of the test target.
+        let delivery = capped_delivery(1 << 20);
+        let url = "http://127.0.0.1:9/internal/tenant-42/orgs?api_key=k3y";
+        let e = delivery.send(delivery.client().post(url)).await.unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, SendError::NotSent(_)), "{e:?}");
+        for leak in ["127.0.0.1", "internal", "tenant-42", "k3y", "http://"] {
+            assert!(!text.contains(leak), "{text:?} names {leak}");
+        }
     }
 
     mod properties {

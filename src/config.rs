@@ -12,6 +12,7 @@
 //! provider). Reading each part on its own keeps every error naming its full key.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -157,7 +158,8 @@ impl<P> Default for Settings<P> {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// `Debug` shows the URL through [`redact_url`]: a NATS token or user password is a secret.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSettings {
     pub url: String,
@@ -189,6 +191,66 @@ impl Default for NatsSettings {
     }
 }
 
+impl fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so a new field cannot be left out of this by accident.
+        let NatsSettings {
+            url,
+            subject_prefix,
+            requests_stream,
+            events_stream,
+            consumer,
+            ack_wait_secs,
+            duplicate_window_secs,
+            max_ack_pending,
+        } = self;
+        f.debug_struct("NatsSettings")
+            .field("url", &redact_url(url))
+            .field("subject_prefix", subject_prefix)
+            .field("requests_stream", requests_stream)
+            .field("events_stream", events_stream)
+            .field("consumer", consumer)
+            .field("ack_wait_secs", ack_wait_secs)
+            .field("duplicate_window_secs", duplicate_window_secs)
+            .field("max_ack_pending", max_ack_pending)
+            .finish()
+    }
+}
+
+impl fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let PostgresSettings { url, max_connections, min_connections, migrate } = self;
+        f.debug_struct("PostgresSettings")
+            .field("url", &redact_url(url))
+            .field("max_connections", max_connections)
+            .field("min_connections", min_connections)
+            .field("migrate", migrate)
+            .finish()
+    }
+}
+
+/// A connection URL (or NATS's comma-separated list of them) with its credentials hidden:
+/// `scheme://user:***@host` for a password, `scheme://***@host` for a NATS token (userinfo
+/// with no `:`). Postgres reads a lone userinfo as a user name, which is kept.
+pub fn redact_url(url: &str) -> String {
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let Some(s) = url.find("://") else { return url.to_owned() };
+    let rest = &url[s + 3..];
+    // The userinfo ends at the authority's last `@`; an unencoded `@` or `/` in a password
+    // only makes more of the URL hidden.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@')) else { return url.to_owned() };
+    let (scheme, creds, host) = (&url[..s + 3], &rest[..at], &rest[at..]);
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{scheme}{user}:***{host}"),
+        None if scheme.trim_start().starts_with("postgres") => url.to_owned(),
+        None => format!("{scheme}***{host}"),
+    }
+}
+
 impl NatsSettings {
     pub fn requests_subject(&self) -> String {
         format!("{}org.provision.requested", self.subject_prefix)
@@ -198,7 +260,8 @@ impl NatsSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// `Debug` shows the URL through [`redact_url`]: its password is a secret.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresSettings {
     pub url: String,
@@ -862,6 +925,28 @@ mod tests {
         );
         let s = load(TENANTED, &[]).unwrap();
         assert_eq!(s.targets["acme"].provider, Part::Tenanted(Tenanted { tenant: "t1".into(), scope: "all".into() }));
+    }
+
+    #[test]
+    fn urls_hide_passwords_and_tokens_in_debug_too() {
+        assert_eq!(redact_url("nats://s3cr3t-token@nats.internal:4222"), "nats://***@nats.internal:4222");
+        assert_eq!(
+            redact_url("nats://orgprov:pw@a:4222,nats://tok@b:4222"),
+            "nats://orgprov:***@a:4222,nats://***@b:4222"
+        );
+        assert_eq!(redact_url("tls://tok@a:4222"), "tls://***@a:4222");
+        assert_eq!(redact_url("postgres://orgprov:p@ss@db/orgprov?x=1"), "postgres://orgprov:***@db/orgprov?x=1");
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/orgprov"),
+            "postgres://postgres@127.0.0.1:5432/orgprov"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        let mut s: Settings<Part> = Settings::default();
+        s.nats.url = "nats://n4ts-token@nats:4222".into();
+        s.postgres.url = "postgres://orgprov:pg-pass@db/orgprov".into();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("n4ts-token") && !debug.contains("pg-pass"), "{debug}");
+        assert!(debug.contains("nats://***@nats:4222") && debug.contains("max_ack_pending"), "{debug}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
         })
         .connect(url)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {url}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to NATS at {}: {e}", crate::config::redact_url(url)))?;
     Ok(client)
 }
 

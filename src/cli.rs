@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub use crate::bulk::BulkArgs;
-use crate::config::ConfigError;
+use crate::config::{ConfigError, redact_url};
 use crate::contract::{self, ErrorCode, OrganizationInput, RequestMessage};
 pub use crate::plan::PlanArgs;
 use crate::providers::Settings;
@@ -296,20 +296,6 @@ fn without_simulator(command: &str) -> ExitCode {
 
 fn naming(settings: &Settings) -> EventNaming {
     EventNaming { source: settings.worker.event_source.clone(), subject_prefix: settings.nats.subject_prefix.clone() }
-}
-
-/// Hides the password of a connection URL.
-pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }
 
 async fn submit(settings: &Settings, args: SubmitArgs) -> anyhow::Result<ExitCode> {

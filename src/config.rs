@@ -12,6 +12,7 @@
 //! provider). Reading each part on its own keeps every error naming its full key.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -157,7 +158,8 @@ impl<P> Default for Settings<P> {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// `Debug` shows the URL through [`redact_url`]: a NATS token or user password is a secret.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NatsSettings {
     pub url: String,
@@ -189,6 +191,66 @@ impl Default for NatsSettings {
     }
 }
 
+impl fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so a new field cannot be left out of this by accident.
+        let NatsSettings {
+            url,
+            subject_prefix,
+            requests_stream,
+            events_stream,
+            consumer,
+            ack_wait_secs,
+            duplicate_window_secs,
+            max_ack_pending,
+        } = self;
+        f.debug_struct("NatsSettings")
+            .field("url", &redact_url(url))
+            .field("subject_prefix", subject_prefix)
+            .field("requests_stream", requests_stream)
+            .field("events_stream", events_stream)
+            .field("consumer", consumer)
+            .field("ack_wait_secs", ack_wait_secs)
+            .field("duplicate_window_secs", duplicate_window_secs)
+            .field("max_ack_pending", max_ack_pending)
+            .finish()
+    }
+}
+
+impl fmt::Debug for PostgresSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let PostgresSettings { url, max_connections, min_connections, migrate } = self;
+        f.debug_struct("PostgresSettings")
+            .field("url", &redact_url(url))
+            .field("max_connections", max_connections)
+            .field("min_connections", min_connections)
+            .field("migrate", migrate)
+            .finish()
+    }
+}
+
+/// A connection URL (or NATS's comma-separated list of them) with its credentials hidden:
+/// `scheme://user:***@host` for a password, `scheme://***@host` for a NATS token (userinfo
+/// with no `:`). Postgres reads a lone userinfo as a user name, which is kept.
+pub fn redact_url(url: &str) -> String {
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let Some(s) = url.find("://") else { return url.to_owned() };
+    let rest = &url[s + 3..];
+    // The userinfo ends at the authority's last `@`; an unencoded `@` or `/` in a password
+    // only makes more of the URL hidden.
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@').or_else(|| rest.rfind('@')) else { return url.to_owned() };
+    let (scheme, creds, host) = (&url[..s + 3], &rest[..at], &rest[at..]);
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{scheme}{user}:***{host}"),
+        None if scheme.trim_start().starts_with("postgres") => url.to_owned(),
+        None => format!("{scheme}***{host}"),
+    }
+}
+
 impl NatsSettings {
     pub fn requests_subject(&self) -> String {
         format!("{}org.provision.requested", self.subject_prefix)
@@ -198,7 +260,8 @@ impl NatsSettings {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+/// `Debug` shows the URL through [`redact_url`]: its password is a secret.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresSettings {
     pub url: String,
@@ -345,6 +408,9 @@ pub struct TargetSettings<P> {
     pub timeout_ms: u64,
     /// Requests of this target in work at once in one worker; default 256.
     pub max_in_flight: usize,
+    /// The most bytes of one answer's body that are read; a larger answer is not read and
+    /// counts as unparseable. Default 1 MiB.
+    pub max_response_bytes: usize,
     pub rate_limit: RateLimitSettings,
     pub retry: RetrySettings,
 }
@@ -359,6 +425,7 @@ impl<P: Default> Default for TargetSettings<P> {
             client_secret_file: None,
             timeout_ms: 10_000,
             max_in_flight: 256,
+            max_response_bytes: 1 << 20,
             rate_limit: RateLimitSettings::default(),
             retry: RetrySettings::default(),
         }
@@ -390,6 +457,7 @@ impl TargetSettings<()> {
             client_secret_file: self.client_secret_file,
             timeout_ms: self.timeout_ms,
             max_in_flight: self.max_in_flight,
+            max_response_bytes: self.max_response_bytes,
             rate_limit: self.rate_limit,
             retry: self.retry,
         }
@@ -463,6 +531,9 @@ impl<P: ProviderPart> TargetSettings<P> {
         if self.max_in_flight == 0 {
             return Err(key_error(key("max_in_flight"), "must be at least 1"));
         }
+        if !(1024..=1 << 30).contains(&self.max_response_bytes) {
+            return Err(key_error(key("max_response_bytes"), "must be between 1024 and 1073741824"));
+        }
         if self.retry.max_attempts == Some(0) {
             return Err(key_error(key("retry.max_attempts"), "must be at least 1"));
         }
@@ -512,6 +583,7 @@ impl<P: Clone> TargetSettings<P> {
             client_secret: secret,
             timeout: Duration::from_millis(self.timeout_ms),
             max_in_flight: self.max_in_flight,
+            max_response_bytes: self.max_response_bytes,
             rate_limit: self.rate_limit,
             retry: self.retry,
         })
@@ -560,6 +632,7 @@ pub struct Target<P> {
     pub client_secret: SecretString,
     pub timeout: Duration,
     pub max_in_flight: usize,
+    pub max_response_bytes: usize,
     pub rate_limit: RateLimitSettings,
     pub retry: RetrySettings,
 }
@@ -814,6 +887,7 @@ mod tests {
                 .contains("`targets.acme.rate_limit.burst`")
         );
         assert!(err(&format!("{TARGET}timeout_ms = \"soon\"\n"), &[]).contains("`targets.acme.timeout_ms`"));
+        assert!(err(&format!("{TARGET}max_response_bytes = 10\n"), &[]).contains("`targets.acme.max_response_bytes`"));
         assert!(err(&TARGET.replace("https:", "ftp:"), &[]).contains("`targets.acme.base_url`"));
         assert!(err(&TARGET.replace("base_url", "# base_url"), &[]).contains("`targets.acme.base_url`: missing"));
         assert!(err("", &[("ORGPROV_POSTGRES__URL", "mysql://x")]).contains("`postgres.url`"));
@@ -854,11 +928,34 @@ mod tests {
     }
 
     #[test]
+    fn urls_hide_passwords_and_tokens_in_debug_too() {
+        assert_eq!(redact_url("nats://s3cr3t-token@nats.internal:4222"), "nats://***@nats.internal:4222");
+        assert_eq!(
+            redact_url("nats://orgprov:pw@a:4222,nats://tok@b:4222"),
+            "nats://orgprov:***@a:4222,nats://***@b:4222"
+        );
+        assert_eq!(redact_url("tls://tok@a:4222"), "tls://***@a:4222");
+        assert_eq!(redact_url("postgres://orgprov:p@ss@db/orgprov?x=1"), "postgres://orgprov:***@db/orgprov?x=1");
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/orgprov"),
+            "postgres://postgres@127.0.0.1:5432/orgprov"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        let mut s: Settings<Part> = Settings::default();
+        s.nats.url = "nats://n4ts-token@nats:4222".into();
+        s.postgres.url = "postgres://orgprov:pg-pass@db/orgprov".into();
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("n4ts-token") && !debug.contains("pg-pass"), "{debug}");
+        assert!(debug.contains("nats://***@nats:4222") && debug.contains("max_ack_pending"), "{debug}");
+    }
+
+    #[test]
     fn targets_built_in_code_take_the_defaults() {
         let t = TargetSettings::<Part>::new("tenanted", "https://x.example", "id", "VAR");
         assert_eq!(t.provider, Part::Tenanted(Tenanted::default()));
         assert_eq!((t.timeout_ms, t.max_in_flight, t.client_secret_file), (10_000, 256, None));
-        assert_eq!(TargetSettings::keys().len(), 8);
+        assert_eq!(t.max_response_bytes, 1 << 20);
+        assert_eq!(TargetSettings::keys().len(), 9);
     }
 
     #[test]

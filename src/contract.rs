@@ -327,11 +327,38 @@ pub struct EventError {
     pub details: Option<Value>,
 }
 
+/// The most bytes of a publisher's `Nats-Msg-Id` echoed into `source_message.msg_id` and
+/// `rejected_messages`: NATS bounds a header only by the message size, and an unreadable
+/// message's id is the publisher's to choose.
+pub const MAX_MSG_ID_BYTES: usize = 256;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SourceMessage {
     pub stream: String,
     pub sequence: u64,
+    /// The message's `Nats-Msg-Id`, at most [`MAX_MSG_ID_BYTES`].
     pub msg_id: Option<String>,
+    /// True when `msg_id` is a prefix of a longer id (cut on a character boundary); absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub msg_id_truncated: bool,
+}
+
+impl SourceMessage {
+    /// The source of an unreadable message, its `Nats-Msg-Id` bounded.
+    pub fn new(stream: String, sequence: u64, msg_id: Option<&str>) -> SourceMessage {
+        let (msg_id, msg_id_truncated) = match msg_id {
+            Some(id) if id.len() > MAX_MSG_ID_BYTES => {
+                let mut end = MAX_MSG_ID_BYTES;
+                while !id.is_char_boundary(end) {
+                    end -= 1;
+                }
+                (Some(id[..end].to_owned()), true)
+            }
+            other => (other.map(str::to_owned), false),
+        };
+        SourceMessage { stream, sequence, msg_id, msg_id_truncated }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -537,11 +564,32 @@ mod tests {
                     upstream_status: None,
                     details: None,
                 },
-                source_message: Some(SourceMessage { stream: "S".into(), sequence: 4, msg_id: None }),
+                source_message: Some(SourceMessage::new("S".into(), 4, None)),
             },
         );
         validate_event(&failed.payload).unwrap();
+        let mut cut = failed.clone();
+        let mut data = serde_json::from_slice::<Value>(&cut.payload).unwrap();
+        data["data"]["source_message"] =
+            serde_json::to_value(SourceMessage::new("S".into(), 4, Some(&"é".repeat(200)))).unwrap();
+        cut.payload = serde_json::to_vec(&data).unwrap();
+        validate_event(&cut.payload).unwrap();
         assert_ne!(ok.id, failed.id);
         assert_eq!(ok.id, event_id("r", 1, PROVISIONED_TYPE));
+    }
+
+    #[test]
+    fn a_long_msg_id_is_cut_on_a_character_boundary_and_flagged() {
+        let short = SourceMessage::new("S".into(), 1, Some("bad-1"));
+        assert_eq!((short.msg_id.as_deref(), short.msg_id_truncated), (Some("bad-1"), false));
+        assert!(!serde_json::to_string(&short).unwrap().contains("msg_id_truncated"), "absent unless cut");
+        let exact = "a".repeat(MAX_MSG_ID_BYTES);
+        assert!(!SourceMessage::new("S".into(), 1, Some(&exact)).msg_id_truncated);
+        // 2-byte characters: 256 bytes fall between two of them after "a".
+        let long = format!("a{}", "é".repeat(100_000));
+        let cut = SourceMessage::new("S".into(), 1, Some(&long));
+        let id = cut.msg_id.as_deref().unwrap();
+        assert!(cut.msg_id_truncated && id.len() <= MAX_MSG_ID_BYTES && id.len() == 255 && long.starts_with(id));
+        assert_eq!(serde_json::to_value(&cut).unwrap()["msg_id_truncated"], true);
     }
 }

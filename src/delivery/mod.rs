@@ -21,25 +21,47 @@ pub use admission::{Admission, LEASE_VALIDITY, Lease, Queued, SlotSource, Unlimi
 
 use crate::config::{RetrySettings, Target};
 
-/// A response read whole (bodies of these APIs are small).
+/// A response read whole, up to the target's `max_response_bytes` (bodies of these APIs are
+/// small; a larger one is [`SendError::TooLarge`] and is not kept).
 #[derive(Debug)]
 pub struct Response {
     pub status: u16,
     pub headers: HeaderMap,
     pub body: bytes::Bytes,
+    /// The delay the headers name, read once when the response arrives ([`named_delay`]).
+    retry_after: Option<Duration>,
 }
 
 impl Response {
+    /// A response; the delay its headers name is read here, once, and a header naming an
+    /// unusable delay is logged here, once.
+    pub fn new(status: u16, headers: HeaderMap, body: bytes::Bytes) -> Response {
+        let retry_after = read_delay(status, &headers);
+        Response { status, headers, body, retry_after }
+    }
+
     pub fn json(&self) -> Option<serde_json::Value> {
         serde_json::from_slice(&self.body).ok()
     }
-    /// The upstream's delay request, if this response carries one.
+
+    /// The upstream's delay request, if this response carries a usable one.
     pub fn retry_after(&self) -> Option<Duration> {
-        retry_after(&self.headers, SystemTime::now())
+        self.retry_after
     }
 }
 
-/// A call that got no HTTP response.
+/// The delay `headers` name ([`named_delay`]), an unusable one logged and ignored.
+fn read_delay(status: u16, headers: &HeaderMap) -> Option<Duration> {
+    match named_delay(headers, SystemTime::now()) {
+        Ok(delay) => delay,
+        Err(Unusable { header, value, why }) => {
+            tracing::warn!(status, header, value, why, "upstream named an unusable delay; ignoring it");
+            None
+        }
+    }
+}
+
+/// A call that got no usable HTTP response.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// The connection was never made: the upstream cannot have seen the request.
@@ -52,6 +74,11 @@ pub enum SendError {
     /// nothing was sent.
     #[error("target is throttled for {0:?}")]
     Throttled(Duration),
+    /// The upstream answered with a body larger than the target's `max_response_bytes`: not
+    /// read past the cap, and as unusable as an unparseable answer. The delay the headers
+    /// named, if any, is kept.
+    #[error("answered {status} with a body over the {cap}-byte cap (max_response_bytes); not read")]
+    TooLarge { status: u16, cap: usize, retry_after: Option<Duration> },
 }
 
 /// HTTP client for one target: admission, pauses and timeouts live here.
@@ -60,6 +87,8 @@ pub struct Delivery {
     admission: Arc<Admission>,
     /// Longer admission waits are handed back to the caller as [`SendError::Throttled`].
     max_wait: Duration,
+    /// The target's `max_response_bytes`.
+    max_body: usize,
     pub retry: RetryPolicy,
 }
 
@@ -86,7 +115,8 @@ impl Delivery {
             .user_agent(concat!("orgprov/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let admission = Arc::new(Admission::new(slots));
-        Ok(Delivery { client, admission, max_wait, retry: RetryPolicy::from(target.retry) })
+        let max_body = target.max_response_bytes;
+        Ok(Delivery { client, admission, max_wait, max_body, retry: RetryPolicy::from(target.retry) })
     }
 
     /// A delivery without any rate limit, for unit tests of provider code.
@@ -137,28 +167,60 @@ impl Delivery {
 
     /// Sends a counted call that holds its slot. A 429 pauses the target for every replica.
     pub async fn send_admitted(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
-        let response = self.send_unlimited(request).await?;
-        if response.status == 429 {
-            let wait = response.retry_after().unwrap_or(Duration::from_secs(1));
-            self.admission.pause(wait).await;
+        let answer = self.send_unlimited(request).await;
+        let paused = match &answer {
+            Ok(response) if response.status == 429 => Some(response.retry_after()),
+            Err(SendError::TooLarge { status: 429, retry_after, .. }) => Some(*retry_after),
+            _ => None,
+        };
+        if let Some(wait) = paused {
+            self.admission.pause(wait.unwrap_or(Duration::from_secs(1))).await;
         }
-        Ok(response)
+        answer
     }
 
     /// Sends a call that does not count toward the management rate limit (token requests).
+    /// The body is read in chunks up to the target's `max_response_bytes`: an answer that
+    /// announces (`Content-Length`) or sends more is dropped at the cap, so a hostile
+    /// upstream cannot make the worker hold more than that per call.
     pub async fn send_unlimited(&self, request: reqwest::RequestBuilder) -> Result<Response, SendError> {
-        let response = request.send().await.map_err(classify)?;
+        let mut response = request.send().await.map_err(classify)?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| SendError::MaybeSent(format!("reading the body: {e}")))?;
-        Ok(Response { status, headers, body })
+        let too_large = |headers: &HeaderMap| SendError::TooLarge {
+            status,
+            cap: self.max_body,
+            retry_after: read_delay(status, headers),
+        };
+        if response.content_length().is_some_and(|n| n > self.max_body as u64) {
+            return Err(too_large(&headers));
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| SendError::MaybeSent(format!("reading the body: {}", error_chain(&e.without_url()))))?
+        {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(too_large(&headers));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Response::new(status, headers, body.freeze()))
     }
 }
 
+/// A failed call as a [`SendError`]. Its text goes into `attempts.error` and the public
+/// `org.failed`, so it never names the URL (an internal host, a path with ids, credentials in
+/// a query): the host and path are logged here, and only here.
 fn classify(e: reqwest::Error) -> SendError {
+    if let Some(url) = e.url() {
+        tracing::warn!(host = url.host_str().unwrap_or_default(), path = url.path(), "upstream call failed");
+    }
     // Only a failed connect proves the upstream never saw the request.
-    let text = error_chain(&e);
-    if e.is_connect() && !e.is_timeout() { SendError::NotSent(text) } else { SendError::MaybeSent(text) }
+    let never_sent = e.is_connect() && !e.is_timeout();
+    let text = error_chain(&e.without_url());
+    if never_sent { SendError::NotSent(text) } else { SendError::MaybeSent(text) }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -215,29 +277,93 @@ impl RetryPolicy {
     }
 }
 
+/// The longest delay an upstream can name and be believed. No provider asks for more (their
+/// rate-limit windows are seconds to minutes); a longer one is a broken or hostile header, and
+/// obeying it would pause the target for every replica (a year, for `Retry-After: 31536000`).
+pub const MAX_NAMED_DELAY: Duration = Duration::from_secs(86_400);
+
+/// How many bytes of an unusable header value a log line quotes.
+const QUOTED_VALUE: usize = 64;
+
+/// A header that names a delay we cannot use: not a number or date, or a delay past
+/// [`MAX_NAMED_DELAY`] (including values no clock can represent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unusable {
+    pub header: &'static str,
+    /// The first [`QUOTED_VALUE`] bytes of the value, as text.
+    pub value: String,
+    pub why: &'static str,
+}
+
+/// The delay an upstream asked for, without the logging: see [`named_delay`].
+pub fn retry_after(headers: &HeaderMap, local_now: SystemTime) -> Option<Duration> {
+    named_delay(headers, local_now).ok().flatten()
+}
+
 /// The delay an upstream asked for: `Retry-After` (delta seconds or HTTP date), else Auth0's
 /// `x-ratelimit-reset` (epoch seconds). Dates are read against the response's `Date` header
-/// (server time), falling back to `local_now` when it is absent; results are rounded up to a
-/// whole second.
-pub fn retry_after(headers: &HeaderMap, local_now: SystemTime) -> Option<Duration> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let server_now = header("date").and_then(|d| httpdate::parse_http_date(d).ok()).unwrap_or(local_now);
-    let until = |t: SystemTime| {
-        let d = t.duration_since(server_now).unwrap_or_default();
-        round_up(d)
+/// (server time), falling back to `local_now` when it is absent or unreadable; results are
+/// rounded up to a whole second.
+///
+/// Total over any header values: `Ok(None)` when no header names a delay, `Err` when one does
+/// but none names a usable one (malformed, or longer than [`MAX_NAMED_DELAY`]). Either way the
+/// caller goes on as if no delay were named (its own backoff schedule).
+pub fn named_delay(headers: &HeaderMap, local_now: SystemTime) -> Result<Option<Duration>, Unusable> {
+    let text = |name: &'static str| {
+        headers.get(name).map(|v| match v.to_str() {
+            Ok(t) => Ok(t.trim()),
+            Err(_) => Err(unusable(name, &String::from_utf8_lossy(v.as_bytes()), "not visible ASCII")),
+        })
     };
-    if let Some(v) = header("retry-after") {
-        if let Ok(secs) = v.parse::<u64>() {
-            return Some(Duration::from_secs(secs));
-        }
-        if let Ok(date) = httpdate::parse_http_date(v) {
-            return Some(until(date));
+    let server_now = match text("date") {
+        Some(Ok(d)) => httpdate::parse_http_date(d).unwrap_or(local_now),
+        _ => local_now,
+    };
+    let until = |t: SystemTime| round_up(t.duration_since(server_now).unwrap_or_default());
+    let mut first_unusable = None;
+    if let Some(value) = text("retry-after") {
+        let read = value.and_then(|v| {
+            let delay = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                // Digits only, so the one failure is a number past u64.
+                Duration::from_secs(v.parse::<u64>().map_err(|_| unusable("retry-after", v, "too large"))?)
+            } else {
+                let date = httpdate::parse_http_date(v)
+                    .map_err(|_| unusable("retry-after", v, "neither delta seconds nor an HTTP date"))?;
+                until(date)
+            };
+            believable("retry-after", v, delay)
+        });
+        match read {
+            Ok(d) => return Ok(Some(d)),
+            Err(e) => first_unusable = Some(e),
         }
     }
-    if let Some(reset) = header("x-ratelimit-reset").and_then(|v| v.parse::<u64>().ok()) {
-        return Some(until(UNIX_EPOCH + Duration::from_secs(reset)));
+    if let Some(value) = text("x-ratelimit-reset") {
+        let read = value.and_then(|v| {
+            let secs = v.parse::<u64>().map_err(|_| unusable("x-ratelimit-reset", v, "not epoch seconds"))?;
+            let at = UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .ok_or_else(|| unusable("x-ratelimit-reset", v, "past any representable time"))?;
+            believable("x-ratelimit-reset", v, until(at))
+        });
+        match read {
+            Ok(d) => return Ok(Some(d)),
+            Err(e) => first_unusable = first_unusable.or(Some(e)),
+        }
     }
-    None
+    first_unusable.map_or(Ok(None), Err)
+}
+
+fn believable(header: &'static str, value: &str, delay: Duration) -> Result<Duration, Unusable> {
+    if delay > MAX_NAMED_DELAY { Err(unusable(header, value, "longer than a day")) } else { Ok(delay) }
+}
+
+fn unusable(header: &'static str, value: &str, why: &'static str) -> Unusable {
+    let mut end = value.len().min(QUOTED_VALUE);
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    Unusable { header, value: value[..end].to_owned(), why }
 }
 
 fn round_up(d: Duration) -> Duration {
@@ -275,6 +401,160 @@ mod tests {
             Some(Duration::from_secs(5))
         );
         assert_eq!(retry_after(&headers(&[]), local), None);
+    }
+
+    #[test]
+    fn absurd_or_malformed_delays_are_ignored_never_obeyed_and_never_panic() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let unusable = |pairs: &[(&'static str, String)]| named_delay(&headers(pairs), now).unwrap_err();
+        // Past i64::MAX seconds: `UNIX_EPOCH + from_secs(reset)` used to panic the task.
+        let e = unusable(&[("x-ratelimit-reset", u64::MAX.to_string())]);
+        assert_eq!((e.header, e.why), ("x-ratelimit-reset", "past any representable time"));
+        // A year's pause for every replica.
+        assert_eq!(unusable(&[("retry-after", "31536000".into())]).why, "longer than a day");
+        assert_eq!(unusable(&[("retry-after", "9".repeat(40))]).why, "too large");
+        assert_eq!(unusable(&[("retry-after", "-5".into())]).header, "retry-after");
+        assert_eq!(unusable(&[("retry-after", "1.5".into())]).header, "retry-after");
+        assert_eq!(unusable(&[("x-ratelimit-reset", "soon".into())]).why, "not epoch seconds");
+        // A server clock decades behind makes a reset "now" decades away.
+        let ancient = httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(86_400));
+        let reset = 1_800_000_000u64.to_string();
+        assert_eq!(unusable(&[("date", ancient), ("x-ratelimit-reset", reset.clone())]).why, "longer than a day");
+        // A bad Retry-After does not hide a good reset; the limit itself is believed.
+        let date = httpdate::fmt_http_date(now);
+        let fine = [("date", date), ("retry-after", "later".into()), ("x-ratelimit-reset", reset)];
+        assert_eq!(named_delay(&headers(&fine), now), Ok(Some(Duration::ZERO)));
+        let day = MAX_NAMED_DELAY.as_secs().to_string();
+        assert_eq!(named_delay(&headers(&[("retry-after", day)]), now), Ok(Some(MAX_NAMED_DELAY)));
+        // Quoted values in the log are bounded.
+        assert_eq!(unusable(&[("retry-after", "x".repeat(5000))]).value.len(), QUOTED_VALUE);
+        // The response reads them once, as no delay at all.
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-reset", HeaderValue::from_static("18446744073709551615"));
+        h.insert("retry-after", HeaderValue::from_bytes(b"\xff\xfe").unwrap());
+        assert_eq!(Response::new(429, h, bytes::Bytes::new()).retry_after(), None);
+    }
+
+    /// A one-answer HTTP server that writes `head` and then `body_len` bytes in 64 KiB
+    /// chunks (chunked encoding unless `head` says otherwise), as a hostile upstream would.
+    async fn upstream(head: &'static str, body_len: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/orgs", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let _ = socket.read(&mut [0u8; 4096]).await;
+            let _ = socket.write_all(head.as_bytes()).await;
+            let chunked = !head.contains("Content-Length");
+            let mut left = body_len;
+            while left > 0 {
+                let n = left.min(64 << 10);
+                let chunk = vec![b'x'; n];
+                let framed =
+                    if chunked { [format!("{n:x}\r\n").into_bytes(), chunk, b"\r\n".to_vec()].concat() } else { chunk };
+                if socket.write_all(&framed).await.is_err() {
+                    return; // the client stopped reading at its cap
+                }
+                left -= n;
+            }
+            if chunked {
+                let _ = socket.write_all(b"0\r\n\r\n").await;
+            }
+        });
+        url
+    }
+
+    fn capped_delivery(cap: usize) -> Delivery {
+        let mut target = crate::config::Target::for_tests(());
+        target.timeout = Duration::from_secs(5);
+        target.max_response_bytes = cap;
+        Delivery::new(&target, Arc::new(Unlimited), Duration::from_secs(1)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_cap_is_not_read_and_the_error_names_the_cap() {
+        let delivery = capped_delivery(1 << 20);
+        // 64 MiB sent chunked: reading stops at the cap.
+        let url = upstream("HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n", 64 << 20).await;
+        let e = delivery.send_unlimited(delivery.client().post(&url)).await.unwrap_err();
+        assert!(matches!(e, SendError::TooLarge { status: 503, cap: 1_048_576, .. }), "{e:?}");
+        assert_eq!(e.to_string(), "answered 503 with a body over the 1048576-byte cap (max_response_bytes); not read");
+        // A Content-Length past the cap is refused before any of the body is read (this
+        // server never sends it).
+        let head = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 67108864\r\n\r\n";
+        let url = upstream(head, 0).await;
+        let e = tokio::time::timeout(Duration::from_secs(2), delivery.send_unlimited(delivery.client().get(&url)))
+            .await
+            .expect("refused without waiting for the body")
+            .unwrap_err();
+        let SendError::TooLarge { status: 429, retry_after, .. } = e else { panic!("{e:?}") };
+        assert_eq!(retry_after, Some(Duration::from_secs(7)), "the named delay is kept");
+        // Up to the cap is read whole.
+        let url = upstream("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 1 << 20).await;
+        let ok = delivery.send_unlimited(delivery.client().get(&url)).await.unwrap();
+        assert_eq!((ok.status, ok.body.len()), (200, 1 << 20));
+    }
+
+    #[tokio::test]
+    async fn transport_errors_do_not_name_the_url() {
+        // Nothing listens on port 9 of the test target.
+        let delivery = capped_delivery(1 << 20);
+        let url = "http://127.0.0.1:9/internal/tenant-42/orgs?api_key=k3y";
+        let e = delivery.send(delivery.client().post(url)).await.unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, SendError::NotSent(_)), "{e:?}");
+        for leak in ["127.0.0.1", "internal", "tenant-42", "k3y", "http://"] {
+            assert!(!text.contains(leak), "{text:?} names {leak}");
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Header values as a hostile upstream could send them: any bytes a header value may
+        /// hold (no control bytes besides tab), and numbers of every size.
+        fn value() -> impl Strategy<Value = HeaderValue> {
+            let bytes = proptest::collection::vec(any::<u8>(), 0..48)
+                .prop_map(|b| b.into_iter().filter(|c| *c == b'\t' || (*c >= 0x20 && *c != 0x7f)).collect::<Vec<_>>());
+            let text = any::<String>().prop_map(|s| s.into_bytes());
+            let number = any::<u64>().prop_map(|n| n.to_string().into_bytes());
+            let date = (0u64..253_402_300_799)
+                .prop_map(|s| httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(s)).into_bytes());
+            prop_oneof![bytes, text, number, date]
+                .prop_filter_map("a valid header value", |b| HeaderValue::from_bytes(&b).ok())
+        }
+
+        proptest! {
+            #[test]
+            fn every_header_combination_gives_a_bounded_delay_or_none(
+                date in proptest::option::of(value()),
+                retry in proptest::option::of(value()),
+                reset in proptest::option::of(value()),
+                local in 0u64..253_402_300_799,
+            ) {
+                let mut h = HeaderMap::new();
+                for (name, v) in [("date", date), ("retry-after", retry), ("x-ratelimit-reset", reset)] {
+                    if let Some(v) = v {
+                        h.insert(name, v);
+                    }
+                }
+                let now = UNIX_EPOCH + Duration::from_secs(local);
+                if let Ok(Some(d)) = named_delay(&h, now) {
+                    prop_assert!(d <= MAX_NAMED_DELAY);
+                    // What the worker does with it may not overflow either.
+                    let _ = std::time::Instant::now() + d;
+                }
+                let response = Response::new(429, h, bytes::Bytes::new());
+                prop_assert!(response.retry_after().is_none_or(|d| d <= MAX_NAMED_DELAY));
+            }
+
+            #[test]
+            fn delta_seconds_are_obeyed_up_to_a_day(secs in any::<u64>()) {
+                let got = retry_after(&headers(&[("retry-after", secs.to_string())]), SystemTime::now());
+                prop_assert_eq!(got, (secs <= MAX_NAMED_DELAY.as_secs()).then(|| Duration::from_secs(secs)));
+            }
+        }
     }
 
     #[test]

@@ -611,6 +611,22 @@ mod tests {
         assert_eq!(token_lifetime("tomorrow", server), None);
     }
 
+    proptest::proptest! {
+        /// A token expiry read against the server's `Date` never panics, whatever either says
+        /// (the token cache caps the lifetime at a day).
+        #[test]
+        fn any_expiry_against_any_server_clock_is_total(
+            expiration in proptest::prelude::any::<String>(),
+            year in -9999i32..=9999,
+            server_secs in 0u64..253_402_300_799,
+        ) {
+            let server = SystemTime::UNIX_EPOCH + Duration::from_secs(server_secs);
+            let _ = token_lifetime(&expiration, server);
+            let dated = format!("{year:+05}-06-01T00:00:00Z");
+            let _ = token_lifetime(&dated, server);
+        }
+    }
+
     #[test]
     fn field_rules() {
         assert_eq!(COUNTRY_CODES.split_whitespace().count(), 249);

@@ -234,14 +234,22 @@ impl CallError {
 
     /// Maps a transport failure: never-sent is retryable, maybe-sent is ambiguous.
     pub fn from_send(e: SendError, what: &str) -> CallError {
-        match e {
+        match &e {
             SendError::NotSent(m) => CallError::new(ErrorClass::Retryable, None, format!("{what}: {m}")),
             SendError::MaybeSent(m) => CallError::new(ErrorClass::Ambiguous, None, format!("{what}: {m}")),
+            // An answer too large to read is unparseable: it may have created something.
+            SendError::TooLarge { status, retry_after, .. } => CallError {
+                class: ErrorClass::Ambiguous,
+                status: Some(*status),
+                message: format!("{what}: {e}"),
+                retry_after: *retry_after,
+                details: None,
+            },
             SendError::Throttled(wait) => CallError {
                 class: ErrorClass::Throttled,
                 status: None,
                 message: format!("{what}: target throttled for {wait:?}"),
-                retry_after: Some(wait),
+                retry_after: Some(*wait),
                 details: None,
             },
         }
@@ -314,6 +322,20 @@ pub trait Provider: Send + Sync {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    #[test]
+    fn an_answer_too_large_to_read_is_ambiguous_and_keeps_its_status_and_delay() {
+        let wait = Some(Duration::from_secs(7));
+        let e = CallError::from_send(
+            SendError::TooLarge { status: 429, cap: 1024, retry_after: wait },
+            "create organization",
+        );
+        assert_eq!((e.class, e.status, e.retry_after), (ErrorClass::Ambiguous, Some(429), wait));
+        assert_eq!(
+            e.message,
+            "create organization: answered 429 with a body over the 1024-byte cap (max_response_bytes); not read"
+        );
+    }
 
     fn load(text: &str, env: &[(&str, &str)]) -> Result<Settings, config::ConfigError> {
         let dir = tempfile::tempdir().unwrap();

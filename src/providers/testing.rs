@@ -32,7 +32,7 @@ pub fn assert_refused(provider: &dyn Provider, spec: &OrgSpec, needle: &str) {
 
 /// An answer with `status` and `body`.
 pub fn response(status: u16, body: &str) -> Response {
-    Response { status, headers: Default::default(), body: bytes::Bytes::from(body.to_owned()) }
+    Response::new(status, Default::default(), bytes::Bytes::from(body.to_owned()))
 }
 
 /// The text of `tests/fixtures/<path>` (a vendor's documented example).

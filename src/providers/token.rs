@@ -103,7 +103,7 @@ impl<G: Grant> BearerAuth<G> {
             // limit could expire on the way and cost a 401 and a second call.
             delivery.admit().await.map_err(|e| CallError::from_send(e, what))?;
             let token = self.tokens.get(|| self.grant.fetch(delivery)).await?;
-            let request = build().bearer_auth(token.secret.expose_secret());
+            let request = bearer(build(), &token.secret);
             let response = delivery.send_admitted(request).await.map_err(|e| CallError::from_send(e, what))?;
             if response.status == 401 && !refreshed {
                 self.tokens.invalidate(token.generation).await;
@@ -134,6 +134,13 @@ impl<G: Grant> BearerAuth<G> {
         };
         self.send(delivery, build, what).await.map_err(CallError::for_lookup)
     }
+}
+
+/// `request` with `Authorization: Bearer <token>`, the value marked sensitive (reqwest's
+/// `bearer_auth` does): `Debug` of the request shows no token and HTTP/2 never puts it in the
+/// HPACK table.
+pub fn bearer(request: reqwest::RequestBuilder, token: &SecretString) -> reqwest::RequestBuilder {
+    request.bearer_auth(token.expose_secret())
 }
 
 /// Where a client-credentials grant puts the client's id and secret.
@@ -250,6 +257,21 @@ mod tests {
     use serde_json::json;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn credentials_in_authorization_headers_are_sensitive() {
+        crate::install_crypto_provider();
+        let client = reqwest::Client::new();
+        let token = SecretString::from("t0ken".to_owned());
+        let sent = bearer(client.get("http://x.example/"), &token).build().unwrap();
+        let header = &sent.headers()[reqwest::header::AUTHORIZATION];
+        assert!(header.is_sensitive());
+        assert!(!format!("{sent:?}").contains("t0ken"));
+        // The client-credentials grant's Basic header (Logto, SecureAuth) and Stytch's use
+        // reqwest's basic_auth, which marks it the same way.
+        let basic = client.get("http://x.example/").basic_auth("id", Some("s3cret")).build().unwrap();
+        assert!(basic.headers()[reqwest::header::AUTHORIZATION].is_sensitive());
+    }
 
     #[tokio::test]
     async fn concurrent_callers_share_one_fetch_and_invalidation_is_per_generation() {

@@ -397,12 +397,9 @@ impl Worker {
             Ok(i) => (i.stream.to_owned(), i.stream_sequence),
             Err(_) => (self.settings.nats.requests_stream.clone(), 0),
         };
-        let msg_id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_owned());
-        let source = SourceMessage { stream, sequence, msg_id };
+        let msg_id =
+            message.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)).map(|v| v.as_str());
+        let source = SourceMessage::new(stream, sequence, msg_id);
         tracing::warn!(stream = %source.stream, sequence, %reason, "unreadable request message");
         match self.store.reject_unreadable(&source, reason, details).await {
             Ok(publish) => {

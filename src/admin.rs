@@ -13,7 +13,9 @@ use crate::telemetry::METRICS;
 /// What `prometheus_client`'s text encoder writes.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-pub async fn serve(addr: String, store: Store, shutdown: CancellationToken) {
+/// Serves the endpoints on `listener` (bound by the worker at start-up, so a port that cannot
+/// be had is a configuration error, never a worker running without them).
+pub async fn serve(listener: tokio::net::TcpListener, store: Store, shutdown: CancellationToken) {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
@@ -22,14 +24,9 @@ pub async fn serve(addr: String, store: Store, shutdown: CancellationToken) {
             get(|| async { ([(axum::http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], METRICS.render()) }),
         )
         .with_state(store);
-    let listener = match tokio::net::TcpListener::bind(&addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%addr, error = %e, "admin endpoint cannot bind");
-            return;
-        }
-    };
-    tracing::info!(%addr, "admin endpoint listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin endpoint listening");
+    }
     let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
 }
 

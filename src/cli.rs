@@ -215,7 +215,15 @@ async fn worker(mut settings: Settings, no_migrate: bool) -> anyhow::Result<Exit
     if settings.postgres.migrate {
         crate::store::ensure_database(&settings.postgres.url).await?;
     }
-    let handle = Worker::connect(settings.clone(), targets, templates).await?.spawn();
+    let worker = match Worker::connect(settings.clone(), targets, templates).await {
+        Ok(worker) => worker,
+        Err(e) if e.is::<crate::worker::AdminBindError>() => {
+            eprintln!("configuration error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+        Err(e) => return Err(e),
+    };
+    let handle = worker.spawn();
     let shutdown = handle.shutdown_token();
     tokio::spawn(signals(shutdown));
     handle.wait().await?;

@@ -68,6 +68,17 @@ pub struct Worker {
     publisher: Publisher,
     /// Taken by [`Worker::run`].
     relay: std::sync::Mutex<Option<Relay>>,
+    /// The admin endpoint's socket, bound before anything else; taken by [`Worker::run`].
+    admin: std::sync::Mutex<Option<tokio::net::TcpListener>>,
+}
+
+/// `worker.admin_addr` cannot be listened on: a configuration error (exit 2), found at
+/// start-up, before the worker connects to NATS or fetches anything.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `worker.admin_addr`: cannot listen on {addr}: {source}")]
+pub struct AdminBindError {
+    pub addr: String,
+    pub source: std::io::Error,
 }
 
 /// A running worker, for the binary, the demo and the tests.
@@ -96,6 +107,15 @@ impl Worker {
     /// Connects to Postgres (applying migrations unless disabled) and NATS, and sets up the
     /// streams and the consumer.
     pub async fn connect(settings: Settings, targets: Vec<Target>, templates: Templates) -> anyhow::Result<Worker> {
+        let addr = &settings.worker.admin_addr;
+        let admin = match addr.is_empty() {
+            true => None,
+            false => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| AdminBindError { addr: addr.clone(), source })?,
+            ),
+        };
         let naming = crate::store::EventNaming {
             source: settings.worker.event_source.clone(),
             subject_prefix: settings.nats.subject_prefix.clone(),
@@ -180,6 +200,7 @@ impl Worker {
             settles,
             publisher,
             relay: std::sync::Mutex::new(Some(relay)),
+            admin: std::sync::Mutex::new(admin),
         })
     }
 
@@ -203,12 +224,8 @@ impl Worker {
             }
         });
         let sweeper = tokio::spawn(self.clone().sweep(shutdown.clone()));
-        if !self.settings.worker.admin_addr.is_empty() {
-            tokio::spawn(crate::admin::serve(
-                self.settings.worker.admin_addr.clone(),
-                self.store.clone(),
-                shutdown.clone(),
-            ));
+        if let Some(listener) = self.admin.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            tokio::spawn(crate::admin::serve(listener, self.store.clone(), shutdown.clone()));
         }
         tracing::info!(owner = %self.owner, targets = self.targets.len(), max_in_flight = self.settings.worker.max_in_flight, "worker started");
 

@@ -1,5 +1,6 @@
-//! `/metrics` of a worker process: counters of committed outcomes and the two latency
-//! histograms, in the exposition format Prometheus scrapes.
+//! The admin endpoint of a worker process: `/metrics` (counters of committed outcomes and the
+//! two latency histograms, in the exposition format Prometheus scrapes), and a port that
+//! cannot be had.
 
 use std::time::Duration;
 
@@ -57,5 +58,19 @@ async fn metrics_count_settled_outcomes_and_time_requests_and_upstream_calls() {
     assert!(sample(&body, "orgprov_request_seconds_sum").is_some_and(|s| s > 0.0), "{body}");
     assert!(body.trim_end().ends_with("# EOF"), "{body}");
     worker.kill();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_port_already_taken_stops_the_worker_at_start_up_with_exit_2() {
+    let env = TestEnv::new().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut worker = env.worker_process(&[("ORGPROV_WORKER__ADMIN_ADDR", &addr)]);
+    let status = worker.wait_exit(30).await.expect("the worker exits instead of running without its admin endpoint");
+    assert_eq!(status.code(), Some(2), "{}", env.worker_log());
+    let log = env.worker_log();
+    assert!(log.contains("`worker.admin_addr`") && log.contains(&addr), "{log}");
+    drop(taken);
     env.cleanup().await;
 }

@@ -483,53 +483,23 @@ impl Bench {
         publish_all(&js, &subject, &[request(&s.settings, "warm", 0)]).await?;
         outcomes.wait_for(1, Instant::now() + Duration::from_secs(60), |_| {}).await?;
         let warm_up = rate.ceil() as usize;
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-        for i in 1..=warm_up {
-            tick.tick().await;
-            let (id, payload) = request(&s.settings, "warm", i);
-            let message = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(&id);
-            drop(js.send_publish(subject.clone(), message).await?);
-        }
+        publish_paced(&js, &subject, &s.settings, "warm-up", warm_up, rate, |_| Ok(())).await?;
         outcomes.wait_for(warm_up, Instant::now() + Duration::from_secs(60), |_| {}).await?;
 
         let count = (rate * length.as_secs_f64()).round().max(1.0) as usize;
-        let mut sent_at: HashMap<String, Instant> = HashMap::with_capacity(count);
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-        // Acks are awaited as they come (unread acks hold the client's publish window, and a
-        // full window would hold the next publish back: a delay of the bench, not the worker).
-        let mut acks = tokio::task::JoinSet::new();
-        for i in 0..count {
-            tick.tick().await;
-            let (id, payload) = request(&s.settings, "l", i);
-            let message = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(&id);
-            sent_at.insert(id, Instant::now());
-            let ack = js.send_publish(subject.clone(), message).await?;
-            acks.spawn(ack.into_future());
-        }
-        while let Some(ack) = acks.join_next().await {
-            ack??;
-        }
+        let sent_at = publish_paced(&js, &subject, &s.settings, "l", count, rate, |_| Ok(())).await?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        let latencies = outcomes.latencies(&sent_at, deadline).await;
+        let arrivals = outcomes.arrivals(&sent_at, deadline).await;
         stop_workers(&mut children);
         remove_streams(&js, &s.settings.nats).await;
         drop_database(&s.settings.postgres.url).await;
-        let mut latencies = latencies.map_err(|e| anyhow::anyhow!("{e}; worker log: {}", s.log.display()))?;
-        latencies.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let pick = |p: f64| ms(latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]);
-        let result = Latency {
-            offered_per_sec: rate,
-            requests: count,
-            p50_ms: pick(0.50),
-            p99_ms: pick(0.99),
-            max_ms: ms(*latencies.last().unwrap_or(&Duration::ZERO)),
-        };
+        let arrivals = arrivals.map_err(|e| anyhow::anyhow!("{e}; worker log: {}", s.log.display()))?;
+        let (p50_ms, p99_ms, max_ms) = percentiles(&arrivals);
+        let result = Latency { offered_per_sec: rate, requests: count, p50_ms, p99_ms, max_ms };
         progress(&format!("  p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms", result.p50_ms, result.p99_ms, result.max_ms));
         Ok(result)
     }
 
-    /// Create and lookup calls the simulator has answered so far.
     /// Offers `rate` requests per second to three workers sharing a `rate` calls/s limit, and
     /// SIGKILLs one of them every 3 s for `length` (restarting it at once, as an orchestrator
     /// would); then waits for every outcome.
@@ -551,14 +521,10 @@ impl Bench {
         let before = self.upstream_calls();
 
         let count = (rate * length.as_secs_f64()).round().max(1.0) as usize;
-        let mut sent_at: HashMap<String, Instant> = HashMap::with_capacity(count);
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
         let started = Instant::now();
         let mut next_kill = started + KILL_EVERY;
         let mut kills = 0;
-        let mut acks = tokio::task::JoinSet::new();
-        for i in 0..count {
-            tick.tick().await;
+        let sent_at = publish_paced(&js, &subject, &s.settings, "crash", count, rate, |i| {
             if Instant::now() >= next_kill {
                 let victim = kills % children.len();
                 let _ = children[victim].kill();
@@ -567,46 +533,23 @@ impl Bench {
                 kills += 1;
                 next_kill += KILL_EVERY;
                 if kills % 10 == 0 {
-                    progress(&format!("  {kills} kills, {i}/{count} published, {} outcomes", outcomes.seen.len()));
+                    progress(&format!("  {kills} kills, {i}/{count} published"));
                 }
             }
-            let (id, payload) = request(&s.settings, "crash", i);
-            let message = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(&id);
-            sent_at.insert(id, Instant::now());
-            let ack = js.send_publish(subject.clone(), message).await?;
-            acks.spawn(ack.into_future());
-        }
+            Ok(())
+        })
+        .await?;
         let kills_stopped = Instant::now();
-        while let Some(ack) = acks.join_next().await {
-            ack??;
-        }
-        let mut arrivals: Vec<(Duration, Instant)> = Vec::with_capacity(count);
-        let deadline = Instant::now() + Duration::from_secs(600);
-        let result = async {
-            while arrivals.len() < count {
-                if let Some((id, at)) = outcomes.next_new(deadline).await?
-                    && let Some(t) = sent_at.get(&id)
-                {
-                    arrivals.push((at.saturating_duration_since(*t), at));
-                }
-            }
-            anyhow::Ok(())
-        }
-        .await;
+        let arrivals = outcomes.arrivals(&sent_at, Instant::now() + Duration::from_secs(600)).await;
         let (creates, lookups) = self.upstream_calls_since(before);
         stop_workers(&mut children);
         remove_streams(&js, &s.settings.nats).await;
         drop_database(&s.settings.postgres.url).await;
-        result.map_err(|e| {
-            anyhow::anyhow!("{e}; {} of {count} outcomes; worker log: {}", arrivals.len(), s.log.display())
-        })?;
+        let arrivals = arrivals.map_err(|e| anyhow::anyhow!("{e}; worker log: {}", s.log.display()))?;
 
         let during = arrivals.iter().filter(|(_, at)| *at <= kills_stopped).count();
         let last = arrivals.iter().map(|(_, at)| *at).max().unwrap_or(kills_stopped);
-        let mut latencies: Vec<Duration> = arrivals.iter().map(|(l, _)| *l).collect();
-        latencies.sort();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let pick = |p: f64| ms(latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]);
+        let (p50_ms, p99_ms, max_ms) = percentiles(&arrivals);
         let seconds = kills_stopped.saturating_duration_since(started).as_secs_f64();
         let result = CrashLoop {
             allowance_per_sec: rate,
@@ -615,9 +558,9 @@ impl Bench {
             seconds,
             requests: count,
             per_sec_during_kills: during as f64 / seconds,
-            p50_ms: pick(0.50),
-            p99_ms: pick(0.99),
-            max_ms: ms(*latencies.last().unwrap_or(&Duration::ZERO)),
+            p50_ms,
+            p99_ms,
+            max_ms,
             settled_after_kills_secs: last.saturating_duration_since(kills_stopped).as_secs_f64(),
             creates,
             lookups,
@@ -632,6 +575,7 @@ impl Bench {
         Ok(result)
     }
 
+    /// Create and lookup calls the simulator has answered so far.
     fn upstream_calls(&self) -> (usize, usize) {
         let requests = self.sim.requests();
         let creates = requests.iter().filter(|r| r.method == "POST" && r.path.ends_with("/organizations")).count();
@@ -735,21 +679,63 @@ impl Outcomes {
     }
 
     /// Publish → outcome time of every request in `sent_at`.
-    async fn latencies(
+    async fn arrivals(
         &mut self,
         sent_at: &HashMap<String, Instant>,
         deadline: Instant,
-    ) -> anyhow::Result<Vec<Duration>> {
-        let mut latencies = Vec::with_capacity(sent_at.len());
-        while latencies.len() < sent_at.len() {
-            if let Some((id, at)) = self.next_new(deadline).await?
+    ) -> anyhow::Result<Vec<(Duration, Instant)>> {
+        let mut arrivals = Vec::with_capacity(sent_at.len());
+        while arrivals.len() < sent_at.len() {
+            let next = self.next_new(deadline).await;
+            let next = next.map_err(|e| anyhow::anyhow!("{e}; {} of {} outcomes", arrivals.len(), sent_at.len()))?;
+            if let Some((id, at)) = next
                 && let Some(t) = sent_at.get(&id)
             {
-                latencies.push(at.saturating_duration_since(*t));
+                arrivals.push((at.saturating_duration_since(*t), at));
             }
         }
-        Ok(latencies)
+        Ok(arrivals)
     }
+}
+
+/// p50, p99 and max, in milliseconds, of the publish → outcome times of `arrivals`.
+fn percentiles(arrivals: &[(Duration, Instant)]) -> (f64, f64, f64) {
+    let mut latencies: Vec<Duration> = arrivals.iter().map(|(l, _)| *l).collect();
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pick = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)));
+    (pick(0.50).map_or(0.0, |d| ms(*d)), pick(0.99).map_or(0.0, |d| ms(*d)), latencies.last().map_or(0.0, |d| ms(*d)))
+}
+
+/// Publishes `count` requests of `kind` at `rate` per second, calling `each(i)` before the
+/// i-th; when each was sent, by request id. Acks are awaited as they come (unread acks hold
+/// the client's publish window, and a full window would hold the next publish back: a delay
+/// of the bench, not of the worker), and all of them before it returns.
+async fn publish_paced(
+    js: &jetstream::Context,
+    subject: &str,
+    settings: &Settings,
+    kind: &str,
+    count: usize,
+    rate: f64,
+    mut each: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let mut sent_at = HashMap::with_capacity(count);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let mut acks = tokio::task::JoinSet::new();
+    for i in 0..count {
+        tick.tick().await;
+        each(i)?;
+        let (id, payload) = request(settings, kind, i);
+        let message = jetstream::message::PublishMessage::build().payload(payload.into()).message_id(&id);
+        sent_at.insert(id, Instant::now());
+        let ack = js.send_publish(subject.to_owned(), message).await?;
+        acks.spawn(ack.into_future());
+    }
+    while let Some(ack) = acks.join_next().await {
+        ack??;
+    }
+    Ok(sent_at)
 }
 
 /// A request of run `settings` (id and payload); `kind` and `i` make the id and name.
